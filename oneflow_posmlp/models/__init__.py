@@ -1,0 +1,13 @@
+"""PosMLP models: ``create_model(name)``, ``build_model(model_cfg)``, the PoSGU family of gating units."""
+from .config import DEFAULTS, REGISTRY, ModelConfigError, list_models, resolve_model_config
+from .layers import PosMLPLayer, PosMLPLevel
+from .patch_embed import ConvPatchEmbed, ConvPatchMerging, PatchMerging
+from .posgu import SGU, PoSGU
+from .posmlp import PosMLP, build_model, create_model
+from .token_mixing import GQPE, LRPE, group_mix
+
+__all__ = [
+    "DEFAULTS", "REGISTRY", "ModelConfigError", "list_models", "resolve_model_config", "PosMLPLayer",
+    "PosMLPLevel", "ConvPatchEmbed", "ConvPatchMerging", "PatchMerging", "SGU", "PoSGU", "PosMLP",
+    "build_model", "create_model", "GQPE", "LRPE", "group_mix",
+]

@@ -1,0 +1,84 @@
+"""The PosMLP block (channel MLP with a spatial gating unit) and a level of blocks."""
+import oneflow as flow
+import oneflow.nn as nn
+from flowvision.layers import DropPath
+
+from .windows import shifted_window_mask, window_partition, window_reverse
+
+
+class PosMLPLayer(nn.Module):
+    """One PosMLP block: ``x + DropPath(proj_c_s(gate_unit(act(proj_c_e(norm(x))))))``.
+
+    Windowed input ``(B, W, N, C)`` when ``shift_size == 0`` (the level partitions once), or a map
+    ``(B, H, W, C)`` when the block shifts its windows: cyclic shift by ``shift_size``, partition,
+    mask token pairs that were not neighbours before the shift, reverse, shift back (Swin).
+    """
+
+    def __init__(self, dim, win_size, gate_unit, chunks=2, mlp_ratio=4.0, drop=0.0, drop_path=0.0,
+                 act_layer=nn.GELU, norm_layer=nn.LayerNorm, layer_idx=0, shift_size=0, feature_size=None,
+                 **gate_kwargs):
+        super().__init__()
+        self.dim = dim
+        self.win_size = win_size
+        self.shift_size = shift_size
+        self.hidden_dim = int(mlp_ratio * dim)
+        self.split_dim = self.hidden_dim // chunks
+        self.norm = norm_layer(dim)
+        self.proj_c_e = nn.Linear(dim, self.hidden_dim)
+        self.act = act_layer()
+        self.gate_unit = gate_unit(dim=self.hidden_dim, win_size=win_size, chunks=chunks, norm_layer=norm_layer,
+                                   layer_idx=layer_idx, **gate_kwargs)
+        self.proj_c_s = nn.Linear(self.split_dim, dim)
+        self.drop = nn.Dropout(drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        if shift_size > 0:
+            H, W = feature_size
+            mask = shifted_window_mask(H, W, win_size, shift_size)
+            self.register_buffer("shift_mask", flow.tensor(mask), persistent=False)
+        else:
+            self.shift_mask = None
+
+    def forward_gate(self, x, mask=None):
+        """``(B, W, N, C) -> (B, W, N, C)``."""
+        residual = x
+        x = self.act(self.proj_c_e(self.norm(x)))
+        x = self.drop(self.proj_c_s(self.gate_unit(x, mask=mask)))
+        return residual + self.drop_path(x)
+
+    def forward(self, x):
+        if self.shift_size == 0:
+            return self.forward_gate(x)
+        _, H, W, _ = x.shape
+        s, w = self.shift_size, self.win_size
+        x = flow.roll(x, shifts=(-s, -s), dims=(1, 2))
+        x = window_reverse(self.forward_gate(window_partition(x, w, w), mask=self.shift_mask), H, W, w, w)
+        return flow.roll(x, shifts=(s, s), dims=(1, 2))
+
+
+class PosMLPLevel(nn.Module):
+    """A level: optional downsampling ``pool`` then ``depth`` blocks over windows of ``win_size``.
+
+    ``(B, C_prev, H_prev, W_prev) -> (B, C, H, W)``.
+    """
+
+    def __init__(self, blocks, win_size, pool=None):
+        super().__init__()
+        self.win_size = win_size
+        self.pool = pool if pool is not None else nn.Identity()
+        self.encoder = nn.Sequential(*blocks)
+        self.shifted = any(b.shift_size > 0 for b in blocks)
+
+    def forward(self, x):
+        x = self.pool(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        if self.shifted:
+            # Blocks take maps and partition themselves (alternating plain and shifted windows).
+            for block in self.encoder:
+                x = block(x) if block.shift_size else self._windowed(block, x)
+        else:
+            x = self._windowed(self.encoder, x)
+        return x.permute(0, 3, 1, 2)
+
+    def _windowed(self, fn, x):
+        _, H, W, _ = x.shape
+        w = self.win_size
+        return window_reverse(fn(window_partition(x, w, w)), H, W, w, w)

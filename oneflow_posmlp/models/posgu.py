@@ -1,0 +1,83 @@
+"""Spatial gating units: PoSGU (the paper's) and gMLP's SGU (the dense baseline).
+
+Both take the hidden activations of a block, ``(B, W, N, D)`` (batch, windows, tokens per window,
+hidden channels), split them into ``u`` and ``v`` and return ``mix(u) * v``: ``(B, W, N, D / chunks)``.
+"""
+import oneflow as flow
+import oneflow.nn as nn
+from flowvision.layers import trunc_normal_
+
+from .token_mixing import GQPE, LRPE, dense_mix
+
+
+class PoSGU(nn.Module):
+    """Positional spatial gating unit.
+
+    ``u, v = x.chunk(2)`` (``chunks == 2``) or ``u = v = x`` (``chunks == 1``); ``u`` is token-mixed
+    group-wise by a relative positional map, GQPE (``quadratic=True``) or LRPE, plus (``pos_only=False``)
+    a learned dense ``N x N`` map ``token_proj_n_weight``; the output is ``u * v``.
+
+    Note: the official code creates ``token_proj_n_weight`` for GQPE with ``pos_only=False`` but never
+    uses it; here it is added to the (post-softmax) GQPE map, as the paper's gated form describes.
+    """
+
+    def __init__(self, dim, win_size, chunks=2, quadratic=True, gamma=16, pos_only=True, generalized=True,
+                 symmetric=True, absolute_bias=True, **unused):
+        super().__init__()
+        if chunks not in (1, 2):
+            raise ValueError(f"PoSGU supports chunks 1 or 2, got chunks={chunks}")
+        self.chunks = chunks
+        self.seq_len = win_size * win_size
+        self.quadratic = quadratic
+        self.pos_only = pos_only
+        if quadratic:
+            self.pos = GQPE(win_size, gamma=gamma, generalized=generalized, symmetric=symmetric,
+                            absolute_bias=absolute_bias)
+        else:
+            self.pos = LRPE(win_size, gamma=gamma, absolute_bias=absolute_bias)
+        if not pos_only:
+            self.token_proj_n_weight = nn.Parameter(flow.zeros(1, self.seq_len, self.seq_len))
+            trunc_normal_(self.token_proj_n_weight, std=1e-6)
+
+    def forward(self, x, mask=None):
+        """x: ``(B, W, N, D)``; mask: ``(W, N, N)`` or None -> ``(B, W, N, D / chunks)``."""
+        u, v = (x, x) if self.chunks == 1 else x.chunk(2, dim=-1)
+        gate = None if self.pos_only else self.token_proj_n_weight
+        return self.pos(u, mask=mask, gate=gate) * v
+
+
+class SGU(nn.Module):
+    """gMLP's spatial gating unit (official ``SGU``): ``u = LayerNorm(u)``, dense token projection,
+    ``u * v``; for ``chunks > 2`` the gate is applied in a chain over the chunks."""
+
+    def __init__(self, dim, win_size, chunks=2, norm_layer=nn.LayerNorm, layer_idx=None, **unused):
+        super().__init__()
+        if chunks < 2:
+            raise ValueError(f"SGU needs chunks >= 2, got chunks={chunks}")
+        self.chunks = chunks
+        self.gate_dim = dim // chunks
+        self.pad_dim = dim % chunks
+        seq_len = win_size * win_size
+        bias = layer_idx <= 25 if layer_idx else True  # as the official code
+        self.proj_list = nn.Sequential(*[nn.Linear(seq_len, seq_len, bias=bias) for _ in range(chunks - 1)])
+        self.norm_list = nn.Sequential(*[norm_layer(self.gate_dim) for _ in range(chunks - 1)])
+
+    def init_weights(self):
+        """gMLP initialisation: near-zero spatial weights and unit bias, so the unit starts as ``v``."""
+        for proj in self.proj_list:
+            nn.init.normal_(proj.weight, std=1e-6)
+            if proj.bias is not None:
+                nn.init.ones_(proj.bias)
+
+    def forward(self, x, mask=None):
+        """x: ``(B, W, N, D)`` -> ``(B, W, N, D // chunks)``."""
+        if self.pad_dim:
+            x = x[..., : x.shape[-1] - self.pad_dim]
+        parts = x.chunk(self.chunks, dim=-1)
+        u = parts[0]
+        for i in range(self.chunks - 1):
+            u = dense_mix(self.proj_list[i], self.norm_list[i](u), mask) * parts[i + 1]
+        return u
+
+
+GATE_UNITS = {"posgu": PoSGU, "sgu": SGU}

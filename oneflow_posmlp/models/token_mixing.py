@@ -1,0 +1,201 @@
+"""Token mixing of the positional spatial gating unit (PoSGU), group-wise over ``gamma`` channel groups.
+
+Notation (paper, Sec. 3): a window holds ``N = win_size**2`` tokens; the gated half ``u`` of the hidden
+channels has ``C = V * S`` channels split as ``(v s)`` with ``s = gamma`` innermost, so channel ``c``
+belongs to group ``c % gamma``. Each group ``s`` mixes tokens with its own ``N x N`` map ``P[s]``::
+
+    out[b, w, m, v*S + s] = sum_n P[w?, s, m, n] * u[b, w, n, v*S + s] + bias[m]
+
+The maps come from relative positions:
+
+- :class:`GQPE` (generalized quadratic positional encoding, O(1) parameters per group): a 2-D Gaussian
+  over the relative offset, ``P[s] = softmax_n(-1/2 (d - mu_s)^T Sigma_s^{-1} (d - mu_s))``, with a
+  symmetric ``Sigma^{-1} = A A^T``, a free ``Sigma^{-1}`` or the isotropic form (``generalized=False``).
+- :class:`LRPE` (learnable relative positional encoding, O(N) parameters per group): a bias table
+  indexed by the relative offset, Swin-style.
+- :func:`dense_mix`: the gMLP SGU baseline, a dense learned ``N x N`` map (O(N^2) parameters).
+
+Parameter and buffer names equal the official PyTorch modules (``QuaMap`` / ``LearnedPosMap``), so
+official state dicts load strictly.
+"""
+import numpy as np
+import oneflow as flow
+import oneflow.nn as nn
+from flowvision.layers import trunc_normal_
+
+# Added to the pre-softmax score of token pairs in different regions of a shifted window. exp() of it
+# underflows to exactly 0 in fp32, and it is representable in fp16.
+MASK_NEG = -1.0e4
+
+
+def quadratic_relative_indices(win_size: int, generalized: bool = True) -> np.ndarray:
+    """Relative-offset features of every token pair in a ``win_size x win_size`` window.
+
+    Returns float32 ``(N, N, 5)`` ``[dx, dy, dx^2, dy^2, dx*dy]`` (generalized) or ``(N, N, 3)``
+    ``[dx, dy, dx^2 + dy^2]``, laid out exactly as the official ``QuaMap.get_rel_indices``.
+    """
+    h = w = win_size
+    ind = np.arange(h).reshape(1, -1) - np.arange(w).reshape(-1, 1)  # ind[i, j] = j - i
+    indx = np.tile(ind, (h, w))
+    indy = np.repeat(np.repeat(ind, h, axis=0), w, axis=1).T
+    if generalized:
+        feats = [indx, indy, indx ** 2, indy ** 2, indx * indy]
+    else:
+        feats = [indx, indy, indx ** 2 + indy ** 2]
+    return np.stack(feats, axis=-1).astype(np.float32)
+
+
+def relative_position_index(win_size: int) -> np.ndarray:
+    """int64 ``(N, N)`` index into a ``((2h-1)(2w-1), gamma)`` table of relative offsets (Swin)."""
+    h = w = win_size
+    coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij")).reshape(2, -1)  # (2, N)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)  # (N, N, 2)
+    rel[:, :, 0] += h - 1
+    rel[:, :, 1] += w - 1
+    rel[:, :, 0] *= 2 * w - 1
+    return rel.sum(-1).astype(np.int64)
+
+
+def group_mix(token_map: flow.Tensor, x: flow.Tensor) -> flow.Tensor:
+    """Group-wise token mixing with batched matmuls.
+
+    Args:
+        token_map: ``(Wm, S, N, N)`` with ``Wm == 1`` (shared by all windows) or ``Wm == W``.
+        x: ``(B, W, N, C)`` with ``C = V * S``, channels split as ``(v s)``.
+    Returns:
+        ``(B, W, N, C)``: ``out[b, w, m, (v s)] = sum_n token_map[w, s, m, n] * x[b, w, n, (v s)]``.
+    """
+    B, W, N, C = x.shape
+    Wm, S = token_map.shape[0], token_map.shape[1]
+    V = C // S
+    if Wm == 1:
+        xs = x.reshape(B * W, N, V, S).permute(3, 1, 0, 2).reshape(S, N, B * W * V)
+        out = flow.bmm(token_map[0], xs)  # (S, N, B*W*V)
+        return out.reshape(S, N, B * W, V).permute(2, 1, 3, 0).reshape(B, W, N, C)
+    xs = x.reshape(B, W, N, V, S).permute(1, 4, 2, 0, 3).reshape(W * S, N, B * V)
+    out = flow.bmm(token_map.reshape(W * S, N, N), xs)  # (W*S, N, B*V)
+    return out.reshape(W, S, N, B, V).permute(3, 0, 2, 4, 1).reshape(B, W, N, C)
+
+
+class TokenMap(nn.Module):
+    """Base of the positional maps: ``forward(x, mask, gate)`` = group-wise mix + absolute bias.
+
+    Subclasses implement :meth:`token_map` returning ``(Wm, S, N, N)``.
+    """
+
+    uses_softmax = False
+
+    def __init__(self, win_size: int, gamma: int, absolute_bias: bool = True):
+        super().__init__()
+        self.win_size = win_size
+        self.seq_len = win_size * win_size
+        self.gamma = gamma
+        self.absolute_bias = absolute_bias
+        # (1, N, 1): one bias per output token, shared by all channels (official name and shape).
+        self.token_proj_n_bias = nn.Parameter(flow.zeros(1, self.seq_len, 1))
+
+    def token_map(self, mask=None):
+        raise NotImplementedError
+
+    def forward(self, x, mask=None, gate=None):
+        """x: ``(B, W, N, C)``; mask: ``(W, N, N)`` additive (0 or :data:`MASK_NEG`) or None;
+        gate: ``(1, N, N)`` learned dense map added to the positional map (gated PoSGU) or None."""
+        token_map = self.token_map(mask)  # (Wm, S, N, N)
+        if gate is not None:
+            token_map = token_map + gate.unsqueeze(1)
+        if mask is not None and (gate is not None or not self.uses_softmax):
+            keep = (mask == 0).to(token_map.dtype).unsqueeze(1)  # (W, 1, N, N)
+            token_map = token_map * keep
+        out = group_mix(token_map, x)
+        if self.absolute_bias:
+            out = out + self.token_proj_n_bias.unsqueeze(0)  # (1, 1, N, 1)
+        return out
+
+
+class GQPE(TokenMap):
+    """Generalized quadratic positional encoding (official ``QuaMap``).
+
+    Per group ``s``: centre ``mu_s = attention_centers[s]`` (2,), inverse covariance from
+    ``attention_spreads[s]``: ``A A^T`` (``symmetric``), ``A`` itself (free) or the isotropic
+    ``a_s = spreads[s]^2`` (``generalized=False``). Score of the pair (m, n) with offset d:
+    ``rel_indices[m, n] . pos_proj[s]``; map ``P[s] = softmax over n`` of the score.
+    """
+
+    uses_softmax = True
+
+    def __init__(self, win_size, gamma=4, generalized=True, symmetric=True, absolute_bias=True,
+                 use_softmax=True, att_std=1e-2):
+        super().__init__(win_size, gamma, absolute_bias)
+        self.generalized = generalized
+        self.symmetric = symmetric
+        self.use_softmax = use_softmax
+        self.uses_softmax = use_softmax
+        self.attention_centers = nn.Parameter(flow.zeros(gamma, 2).normal_(0.0, att_std))
+        if generalized:
+            spreads = flow.eye(2).unsqueeze(0).repeat(gamma, 1, 1) + flow.zeros(gamma, 2, 2).normal_(0.0, att_std)
+        else:
+            spreads = 1 + flow.zeros(gamma).normal_(0.0, att_std)
+        self.attention_spreads = nn.Parameter(spreads)
+        self.register_buffer("rel_indices", flow.tensor(quadratic_relative_indices(win_size, generalized)))
+
+    def position_projection(self):
+        """``(S, 5)`` or ``(S, 3)`` coefficients of the quadratic form over ``rel_indices`` features."""
+        d1, d2 = self.attention_centers[:, 0], self.attention_centers[:, 1]
+        if self.generalized:
+            A = self.attention_spreads
+            inv_cov = flow.matmul(A, A.transpose(1, 2)) if self.symmetric else A
+            a, b = inv_cov[:, 0, 0], inv_cov[:, 0, 1]
+            c, d = inv_cov[:, 1, 1], inv_cov[:, 1, 0]
+            return -0.5 * flow.stack([-2 * (a * d1 + b * d2), -2 * (c * d2 + d * d1), a, c, b + d], dim=-1)
+        a = self.attention_spreads ** 2
+        return flow.stack([a * d1, a * d2, -0.5 * flow.ones_like(d1)], dim=-1)
+
+    def token_map(self, mask=None):
+        N = self.seq_len
+        proj = self.position_projection()  # (S, D)
+        D = proj.shape[-1]
+        score = flow.matmul(self.rel_indices.reshape(N * N, D), proj.transpose(0, 1))  # (N*N, S)
+        score = score.reshape(N, N, self.gamma).permute(2, 0, 1).unsqueeze(0)  # (1, S, N, N)
+        if mask is not None:
+            score = score + mask.unsqueeze(1)  # (W, S, N, N)
+        return score.softmax(dim=-1) if self.use_softmax else score
+
+
+class LRPE(TokenMap):
+    """Learnable relative positional encoding (official ``LearnedPosMap``).
+
+    ``P[s, m, n] = window_relative_position_bias_table[index[m, n], s]``: O(N) parameters per group.
+    """
+
+    def __init__(self, win_size, gamma=1, absolute_bias=True, init_std=0.02):
+        super().__init__(win_size, gamma, absolute_bias)
+        h = w = win_size
+        self.window_relative_position_bias_table = nn.Parameter(flow.zeros((2 * h - 1) * (2 * w - 1), gamma))
+        self.register_buffer("window_relative_position_index", flow.tensor(relative_position_index(win_size)))
+        if init_std > 0:
+            trunc_normal_(self.window_relative_position_bias_table, std=init_std)
+
+    def token_map(self, mask=None):
+        N = self.seq_len
+        idx = self.window_relative_position_index.reshape(-1)
+        table = flow.index_select(self.window_relative_position_bias_table, 0, idx)  # (N*N, S)
+        return table.reshape(N, N, self.gamma).permute(2, 0, 1).unsqueeze(0)  # (1, S, N, N)
+
+
+def dense_mix(proj: nn.Linear, x: flow.Tensor, mask=None) -> flow.Tensor:
+    """gMLP's spatial projection: ``out[b, w, m, c] = sum_n W[m, n] x[b, w, n, c] + bias[m]``.
+
+    Args:
+        proj: ``nn.Linear(N, N)`` holding ``W`` (O(N^2) parameters, shared by all channels).
+        x: ``(B, W, N, C)``; mask: ``(W, N, N)`` additive shift mask or None.
+    """
+    B, W, N, C = x.shape
+    weight = proj.weight.unsqueeze(0)  # (1, N, N)
+    if mask is not None:
+        weight = weight * (mask == 0).to(weight.dtype)  # (W, N, N)
+        out = flow.matmul(weight.unsqueeze(0), x)  # (B, W, N, C)
+    else:
+        out = flow.matmul(weight, x.reshape(B * W, N, C)).reshape(B, W, N, C)
+    if proj.bias is not None:
+        out = out + proj.bias.reshape(1, 1, N, 1)
+    return out

@@ -1,0 +1,35 @@
+"""Shared test configuration. ``import oneflow_posmlp`` must precede ``import oneflow`` (it preloads
+the cuDNN/cuBLAS libraries of the nvidia wheels)."""
+import os
+import pathlib
+
+import oneflow_posmlp  # noqa: F401  (before oneflow)
+import pytest
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+REFERENCE = FIXTURES / "reference"
+REFERENCE_MODELS = ("tiny_gqpe", "tiny_lrpe", "tiny_lrpe_gated")
+
+# A PosMLP small enough for OneFlow's CPU kernels: 64x64 input -> feature maps 16/8/4/2, which the
+# windows 8/4/4/2 tile (levels 0 and 1 have several windows, so shifted windows apply there).
+TINY_MODEL_CFG = dict(
+    img_size=64,
+    embed_dims=[8, 16, 32, 64],
+    depths=[1, 1, 1, 1],
+    win_size=[8, 4, 4, 2],
+    gamma=[2, 4, 8, 16],
+    mlp_ratio=[4, 4, 4, 2],
+    num_classes=5,
+    drop_path_rate=0.0,
+)
+
+
+@pytest.fixture
+def tiny_model_cfg():
+    return dict(TINY_MODEL_CFG)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_glog():
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    yield

@@ -25,10 +25,10 @@ class PosMLPLayer(nn.Module):
         self.split_dim = self.hidden_dim // chunks
         self.norm = norm_layer(dim)
         self.proj_c_e = nn.Linear(dim, self.hidden_dim)
-        self.act = act_layer()
+        self.proj_c_s = nn.Linear(self.split_dim, dim)
         self.gate_unit = gate_unit(dim=self.hidden_dim, win_size=win_size, chunks=chunks, norm_layer=norm_layer,
                                    layer_idx=layer_idx, **gate_kwargs)
-        self.proj_c_s = nn.Linear(self.split_dim, dim)
+        self.act = act_layer()
         self.drop = nn.Dropout(drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         if shift_size > 0:

@@ -91,7 +91,10 @@ class TokenMap(nn.Module):
         self.seq_len = win_size * win_size
         self.gamma = gamma
         self.absolute_bias = absolute_bias
-        # (1, N, 1): one bias per output token, shared by all channels (official name and shape).
+
+    def _add_absolute_bias(self):
+        """(1, N, 1): one bias per output token, shared by all channels (official name and shape).
+        Subclasses call it where the official module registers it, so state-dict order matches."""
         self.token_proj_n_bias = nn.Parameter(flow.zeros(1, self.seq_len, 1))
 
     def token_map(self, mask=None):
@@ -136,6 +139,7 @@ class GQPE(TokenMap):
         else:
             spreads = 1 + flow.zeros(gamma).normal_(0.0, att_std)
         self.attention_spreads = nn.Parameter(spreads)
+        self._add_absolute_bias()
         self.register_buffer("rel_indices", flow.tensor(quadratic_relative_indices(win_size, generalized)))
 
     def position_projection(self):
@@ -169,6 +173,7 @@ class LRPE(TokenMap):
 
     def __init__(self, win_size, gamma=1, absolute_bias=True, init_std=0.02):
         super().__init__(win_size, gamma, absolute_bias)
+        self._add_absolute_bias()
         h = w = win_size
         self.window_relative_position_bias_table = nn.Parameter(flow.zeros((2 * h - 1) * (2 * w - 1), gamma))
         self.register_buffer("window_relative_position_index", flow.tensor(relative_position_index(win_size)))

@@ -1,0 +1,91 @@
+"""Read and write the safetensors format with numpy (no ``safetensors`` package needed).
+
+Layout: 8-byte little-endian header length, a JSON header ``{name: {dtype, shape, data_offsets}}``
+(plus optional ``__metadata__`` of strings), then the raw little-endian tensor bytes. Reading maps the
+file into memory, so tensors are paged in on use rather than copied up front.
+"""
+import collections
+import json
+import os
+import struct
+
+import numpy as np
+
+from .errors import CheckpointError
+
+DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+          "I8": "i1", "U8": "u1", "BOOL": "?"}
+NAMES = {np.dtype(v): k for k, v in DTYPES.items() if k != "BF16"}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+def load_safetensors(path, with_metadata=False):
+    """``OrderedDict[name, np.ndarray]`` (read-only, memory-mapped; bfloat16 widened to float32)."""
+    path = str(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: too short to be a safetensors file")
+        n = struct.unpack("<Q", head)[0]
+        if n > min(size - 8, MAX_HEADER):
+            raise CheckpointError(f"{path}: not a safetensors file, or truncated (header length {n} for a "
+                                  f"{size}-byte file)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    data_len = size - 8 - n
+    mm = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n, shape=(data_len,)) if data_len else np.zeros(0, np.uint8)
+    out = collections.OrderedDict()
+    for name, info in sorted(header.items(), key=lambda kv: kv[1].get("data_offsets", [0])[0]):
+        try:
+            dtype = np.dtype(DTYPES[info["dtype"]])
+            shape = tuple(int(s) for s in info["shape"])
+            start, end = (int(v) for v in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor '{name}' has an unsupported or malformed header entry "
+                                  f"{info!r:.120}") from None
+        count = int(np.prod(shape)) if shape else 1
+        if not 0 <= start <= end <= data_len or end - start != count * dtype.itemsize:
+            raise CheckpointError(f"{path}: tensor '{name}' ({info['dtype']} {list(shape)}) lies outside the file's "
+                                  f"data or has the wrong byte size; the file is truncated or corrupt")
+        arr = mm[start:end].view(dtype).reshape(shape)
+        if info["dtype"] == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        out[name] = arr
+    return (out, metadata) if with_metadata else out
+
+
+def save_safetensors(tensors, path, metadata=None):
+    """Write ``{name: np.ndarray}`` to ``path`` (written to ``path + '.tmp'``, then renamed)."""
+    path = str(path)
+    header, offset = {}, 0
+    arrays = []
+    for name, arr in tensors.items():
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype not in NAMES:
+            raise CheckpointError(f"cannot write tensor '{name}' of dtype {arr.dtype} to safetensors")
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        header[name] = {"dtype": NAMES[arr.dtype], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+        arrays.append(arr)
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # align the data to 8 bytes
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for arr in arrays:
+                f.write(arr.tobytes(order="C"))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -66,7 +66,7 @@ def save_safetensors(tensors, path, metadata=None):
     header, offset = {}, 0
     arrays = []
     for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.array(arr, copy=False, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
         if arr.dtype not in NAMES:
             raise CheckpointError(f"cannot write tensor '{name}' of dtype {arr.dtype} to safetensors")
         arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)

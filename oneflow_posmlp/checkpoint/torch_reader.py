@@ -216,9 +216,9 @@ def _load_legacy(path):
         def plain(what):
             try:
                 return _RestrictedUnpickler(f, lambda r: None).load()
-            except CheckpointError:
+            except UnsafeCheckpointError:
                 raise
-            except Exception:
+            except Exception:  # any other failure here means the header is not a torch header
                 raise CheckpointError(f"{path}: not a PyTorch checkpoint (no {what} where one was expected), or "
                                       f"the file is truncated") from None
 

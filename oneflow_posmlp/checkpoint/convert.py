@@ -1,0 +1,204 @@
+"""Convert official PosMLP checkpoints (PyTorch) to OneFlow and back, checking every key and shape.
+
+PyTorch -> OneFlow: read the file without PyTorch (:mod:`.torch_reader`, :mod:`.safetensors_io`), pick
+the weights (:func:`.extract_state_dict`), find the architecture, check keys and shapes against the
+OneFlow model, copy tensor by tensor into it (at most about two copies of the weights in memory), save.
+OneFlow -> safetensors: a flat file the official PyTorch model loads with ``strict=True``.
+"""
+import collections
+import hashlib
+import os
+import struct
+
+import numpy as np
+
+from .errors import CheckpointError
+from .oneflow_io import is_oneflow_checkpoint, load_oneflow_weights, save_oneflow_weights
+from .safetensors_io import load_safetensors, save_safetensors
+from .state_dict import extract_state_dict
+from .torch_reader import Record, load_torch_checkpoint
+
+HEAD_PREFIX = "head."
+
+
+def sha256_of(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_safetensors(path):
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    n = struct.unpack("<Q", head[:8])[0]
+    return head[8:9] == b"{" and 0 < n <= os.path.getsize(path) - 8
+
+
+def read_source(path, ema=False):
+    """``(state_dict of numpy arrays, checkpoint args or None, format name, which weights)``."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--src {path}: no such file")
+    if is_safetensors(path):
+        if ema:
+            raise CheckpointError(f"--ema: {path} is a safetensors file, which holds one set of weights; drop --ema")
+        return load_safetensors(path), None, "safetensors", "(flat safetensors)"
+    obj = load_torch_checkpoint(path)
+    state = extract_state_dict(obj, ema=ema)
+    which = "state_dict_ema" if ema else next((k for k in ("state_dict", "model", "module", "model_state")
+                                              if isinstance(obj, dict) and k in obj), "(bare state dict)")
+    args = obj.get("args") if isinstance(obj, dict) else None
+    fmt = "torch zip" if _is_zip(path) else "torch legacy"
+    return state, args, fmt, which
+
+
+def _is_zip(path):
+    with open(path, "rb") as f:
+        return f.read(2) == b"PK"
+
+
+def model_config_from_args(args):
+    """The ``model:`` section from a timm checkpoint's ``args`` (``model_hyper``), or None."""
+    hyper = getattr(args, "model_hyper", None) if isinstance(args, Record) else (
+        args.get("model_hyper") if isinstance(args, dict) else None)
+    if not isinstance(hyper, dict):
+        return None
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in hyper.items()}
+    num_classes = getattr(args, "num_classes", None) if isinstance(args, Record) else None
+    if num_classes is not None and "num_classes" not in cfg:
+        cfg["num_classes"] = num_classes
+    cfg.pop("pretrained", None)
+    return cfg
+
+
+def check_keys(expected, given, allow_head_mismatch=False):
+    """Compare ``{name: shape}`` maps. Returns ``(problems, dropped)``: human-readable problem lines and the
+    head keys dropped under ``allow_head_mismatch``."""
+    dropped = []
+    problems = []
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    mismatched = [k for k in expected if k in given and tuple(expected[k]) != tuple(given[k])]
+    if allow_head_mismatch:
+        dropped = [k for k in mismatched + unexpected if k.startswith(HEAD_PREFIX)]
+        mismatched = [k for k in mismatched if k not in dropped]
+        unexpected = [k for k in unexpected if k not in dropped]
+        missing_head = [k for k in missing if k.startswith(HEAD_PREFIX)]
+        missing = [k for k in missing if k not in missing_head]
+        dropped += [k for k in missing_head if k not in dropped]
+    for k in missing:
+        problems.append(f"missing in checkpoint: {k} (model expects {list(expected[k])})")
+    for k in unexpected:
+        problems.append(f"unexpected in checkpoint: {k} {list(given[k])}")
+    for k in mismatched:
+        problems.append(f"shape mismatch: {k}: checkpoint {list(given[k])}, model {list(expected[k])}")
+    return problems, dropped
+
+
+def load_into_model(model, state, allow_head_mismatch=False):
+    """Copy numpy ``state`` into ``model`` tensor by tensor (entries are released as they are copied).
+
+    Raises :class:`CheckpointError` listing every missing, unexpected and mismatched key.
+    """
+    import oneflow as flow
+
+    target = model.state_dict()
+    problems, dropped = check_keys({k: tuple(v.shape) for k, v in target.items()},
+                                   {k: tuple(np.shape(v)) for k, v in state.items()}, allow_head_mismatch)
+    if problems:
+        hint = "" if allow_head_mismatch or not any(p.split(": ", 1)[-1].startswith(HEAD_PREFIX) for p in problems) \
+            else "; to fine-tune with another classifier pass --allow-head-mismatch"
+        raise CheckpointError(f"the checkpoint does not fit the model ({len(problems)} problems{hint}):\n  "
+                              + "\n  ".join(problems))
+    with flow.no_grad():
+        for key in list(state):
+            value = state.pop(key)
+            if key in dropped:
+                continue
+            tensor = target[key]
+            src = flow.tensor(np.array(value, dtype=np.dtype(str(tensor.dtype).replace("oneflow.", ""))))
+            tensor.copy_(src)
+            del value, src
+    return dropped
+
+
+def convert_torch_to_oneflow(src, dst, model_cfg=None, model_source=None, ema=False, allow_head_mismatch=False,
+                             dtype="float32", log=print):
+    """Convert ``src`` (torch zip/legacy or safetensors) to a OneFlow weight directory ``dst``.
+
+    ``model_cfg``: a config ``model:`` section (from --model/--config); when None, the checkpoint's
+    ``args.model_hyper`` is used. Returns ``(model, meta)``.
+    """
+    from ..models import build_model, resolve_model_config
+
+    state, args, fmt, which = read_source(src, ema=ema)
+    log(f"read {src} ({fmt}): {len(state)} tensors from {which}")
+    if model_cfg is None:
+        model_cfg = model_config_from_args(args)
+        model_source = "the checkpoint's args.model_hyper"
+        if model_cfg is None:
+            raise CheckpointError("no architecture: the checkpoint has no args.model_hyper; pass --model NAME or "
+                                  "--config FILE.yaml (with a model: section)")
+    resolved = resolve_model_config(model_cfg)
+    if allow_head_mismatch and "head.weight" in state and tuple(state["head.weight"].shape)[0] != resolved["num_classes"]:
+        log(f"classifier: checkpoint has {state['head.weight'].shape[0]} classes, model {resolved['num_classes']}: "
+            f"the head is left freshly initialised")
+    log(f"architecture from {model_source}: {describe(resolved)}")
+    model = build_model(resolved)
+    dropped = load_into_model(model, state, allow_head_mismatch)
+    if dtype not in ("float32", "float16"):
+        raise CheckpointError(f"--dtype must be float32 or float16, got {dtype!r}")
+    out_state = model.state_dict()
+    if dtype == "float16":
+        import oneflow as flow
+
+        out_state = collections.OrderedDict(
+            (k, v.to(flow.float16) if v.dtype == flow.float32 else v) for k, v in out_state.items())
+    meta = {
+        "source": os.path.abspath(str(src)), "source_sha256": sha256_of(src), "source_format": fmt,
+        "weights": which, "model": resolved, "model_from": model_source, "dtype": dtype,
+        "dropped_keys": dropped,
+    }
+    save_oneflow_weights(out_state, dst, meta)
+    log(f"wrote {dst} ({len(out_state)} tensors, {dtype})")
+    return model, meta
+
+
+def describe(cfg):
+    kind = "GQPE" if cfg["quadratic"] else "LRPE"
+    if not cfg["pos_only"]:
+        kind += "+gate"
+    return (f"{cfg.get('name') or 'custom'} embed_dims={cfg['embed_dims']} depths={cfg['depths']} "
+            f"win_size={cfg['win_size']} gamma={cfg['gamma']} {kind} num_classes={cfg['num_classes']}")
+
+
+def export_oneflow_to_safetensors(src, dst, log=print):
+    """Write the OneFlow weights in ``src`` as a flat safetensors file with the official key names."""
+    if not is_oneflow_checkpoint(src):
+        raise CheckpointError(f"--src {src}: not a OneFlow checkpoint directory")
+    state = load_oneflow_weights(src)
+    arrays = collections.OrderedDict((k, v.numpy()) for k, v in state.items())
+    save_safetensors(arrays, dst, metadata={"format": "pt", "source": os.path.abspath(str(src))})
+    log(f"wrote {dst} ({len(arrays)} tensors, safetensors)")
+
+
+def verify(model, reference_npz, tolerance=1e-4):
+    """Eval-mode logits on the npz's ``input`` vs its ``logits_eval``: returns the max abs difference."""
+    import oneflow as flow
+
+    try:
+        ref = np.load(reference_npz)
+        x, expected = ref["input"], ref["logits_eval"]
+    except (OSError, KeyError, ValueError) as err:
+        raise CheckpointError(f"--verify {reference_npz}: needs an npz with 'input' and 'logits_eval' ({err})") \
+            from None
+    model.eval()
+    with flow.no_grad():
+        out = model(flow.tensor(x)).numpy()
+    if out.shape != expected.shape:
+        raise CheckpointError(f"--verify: model gives logits {out.shape}, reference has {expected.shape}")
+    return float(np.abs(out - expected).max())

@@ -1,0 +1,135 @@
+"""PyTorch -> OneFlow conversion and back (tools/convert_torch_weights.py and its package functions)."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import REFERENCE, REFERENCE_MODELS
+from oneflow_posmlp.checkpoint import CheckpointError, load_safetensors
+from oneflow_posmlp.checkpoint.convert import convert_torch_to_oneflow, export_oneflow_to_safetensors, verify
+from oneflow_posmlp.checkpoint.oneflow_io import load_meta, load_oneflow_weights
+from oneflow_posmlp.models import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "tools", "convert_torch_weights.py")
+quiet = lambda *a, **k: None  # noqa: E731
+
+
+def run_tool(*args):
+    res = subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, GLOG_minloglevel="3"))
+    # OneFlow itself prints a line about libibverbs at import; the tool's own message is the last line
+    res.last_err = (res.stderr.strip().splitlines() or [""])[-1]
+    return res
+
+
+CASES = [(f"{n}.pth.tar", n, ema) for n in REFERENCE_MODELS for ema in (False, True)] + [
+    ("tiny_gqpe_legacy.pth", "tiny_gqpe", False), ("tiny_gqpe.safetensors", "tiny_gqpe", False)]
+
+
+@pytest.mark.parametrize("src,name,ema", CASES)
+def test_every_reference_file_converts_and_verifies(tmp_path, src, name, ema):
+    meta_json = json.loads((REFERENCE / f"{name}.json").read_text())
+    dst = tmp_path / "out"
+    # safetensors and the legacy file carry no args: the architecture comes from the model config
+    cfg = None if src.endswith(".pth.tar") else meta_json["config"]["model"]
+    model, meta = convert_torch_to_oneflow(REFERENCE / src, dst, cfg, "test config", ema=ema, log=quiet)
+    assert verify(model, REFERENCE / f"{name}.npz") <= 1e-4
+    # the written directory loads strictly into a fresh model and gives the same logits
+    fresh = build_model(meta["model"])
+    fresh.load_state_dict(load_oneflow_weights(dst), strict=True)
+    assert verify(fresh, REFERENCE / f"{name}.npz") <= 1e-4
+    sidecar = load_meta(dst)
+    assert sidecar["weights"] == ("state_dict_ema" if ema else sidecar["weights"])
+    assert len(sidecar["source_sha256"]) == 64 and sidecar["model"]["embed_dims"] == [16, 32, 64, 128]
+
+
+def test_export_to_safetensors_is_what_the_official_model_loads(tmp_path):
+    convert_torch_to_oneflow(REFERENCE / "tiny_lrpe_gated.pth.tar", tmp_path / "of", log=quiet)
+    export_oneflow_to_safetensors(tmp_path / "of", tmp_path / "back.safetensors", log=quiet)
+    back = load_safetensors(tmp_path / "back.safetensors")
+    from oneflow_posmlp.checkpoint import extract_state_dict, load_torch_checkpoint
+
+    official = extract_state_dict(load_torch_checkpoint(REFERENCE / "tiny_lrpe_gated.pth.tar"))
+    assert list(back) == list(official)  # same keys (strict=True loads), same order
+    for k, v in official.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and np.array_equal(back[k], v), k
+
+
+def test_float16_output(tmp_path):
+    convert_torch_to_oneflow(REFERENCE / "tiny_lrpe.pth.tar", tmp_path / "h", dtype="float16", log=quiet)
+    state = load_oneflow_weights(tmp_path / "h")
+    assert str(state["head.weight"].dtype) == "oneflow.float16"
+    assert str(state["levels.0.encoder.0.gate_unit.pos.window_relative_position_index"].dtype) == "oneflow.int64"
+
+
+def test_shape_mismatch_lists_problems_and_writes_nothing(tmp_path):
+    dst = tmp_path / "out"
+    with pytest.raises(CheckpointError) as err:
+        convert_torch_to_oneflow(REFERENCE / "tiny_gqpe.pth.tar", dst, {"name": "posmlp_t"}, "--model", log=quiet)
+    msg = str(err.value)
+    assert "shape mismatch: patch_embed.projs.0.weight: checkpoint [8, 3, 3, 3], model [48, 3, 3, 3]" in msg
+    assert "missing in checkpoint: levels.0.encoder.1.norm.weight" in msg
+    assert not dst.exists() and not list(tmp_path.iterdir())
+
+
+def test_head_mismatch_needs_the_flag(tmp_path):
+    cfg = json.loads((REFERENCE / "tiny_gqpe.json").read_text())["config"]["model"]
+    cfg = dict(cfg, num_classes=3)
+    with pytest.raises(CheckpointError, match="--allow-head-mismatch"):
+        convert_torch_to_oneflow(REFERENCE / "tiny_gqpe.pth.tar", tmp_path / "a", cfg, "cfg", log=quiet)
+    model, meta = convert_torch_to_oneflow(REFERENCE / "tiny_gqpe.pth.tar", tmp_path / "b", cfg, "cfg",
+                                           allow_head_mismatch=True, log=quiet)
+    assert sorted(meta["dropped_keys"]) == ["head.bias", "head.weight"]
+    assert tuple(model.head.weight.shape) == (3, 128)
+
+
+def test_cli_converts_and_verifies(tmp_path):
+    res = run_tool("--src", REFERENCE / "tiny_gqpe.pth.tar", "--dst", tmp_path / "out", "--ema",
+                   "--verify", REFERENCE / "tiny_gqpe.npz")
+    assert res.returncode == 0, res.stderr
+    diff = float(res.stdout.split("max abs diff:")[1].split()[0])
+    assert diff <= 1e-4
+    assert "architecture from the checkpoint's args.model_hyper" in res.stdout
+
+
+def test_cli_verify_fails_above_tolerance(tmp_path):
+    # the tiny_lrpe weights checked against tiny_gqpe's logits: same shapes, different network
+    res = run_tool("--src", REFERENCE / "tiny_lrpe.pth.tar", "--dst", tmp_path / "out",
+                   "--verify", REFERENCE / "tiny_gqpe.npz")
+    assert res.returncode == 1 and "exceeds the tolerance" in res.stderr
+
+
+def test_cli_refuses_hostile_checkpoint_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    src = tmp_path / "evil.pth.tar"
+    with zipfile.ZipFile(src, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({"state_dict": Evil()}, protocol=2))
+    res = run_tool("--src", src, "--dst", tmp_path / "out", "--model", "posmlp_t")
+    assert res.returncode == 2
+    assert res.last_err.startswith("error: refusing to load global") and "Traceback" not in res.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "not_a_checkpoint"])
+def test_cli_broken_input_is_a_short_error(tmp_path, kind):
+    src = tmp_path / "broken.pth.tar"
+    if kind == "truncated":
+        data = (REFERENCE / "tiny_lrpe.pth.tar").read_bytes()
+        src.write_bytes(data[: len(data) // 3])
+    else:
+        src.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    res = run_tool("--src", src, "--dst", tmp_path / "out")
+    assert res.returncode == 2 and res.last_err.startswith("error: ") and "Traceback" not in res.stderr
+    assert ("truncated" in res.last_err) if kind == "truncated" else ("not a PyTorch checkpoint" in res.last_err)
+    assert not (tmp_path / "out").exists()

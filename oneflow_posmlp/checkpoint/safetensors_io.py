@@ -1,8 +1,8 @@
 """Read and write the safetensors format with numpy (no ``safetensors`` package needed).
 
 Layout: 8-byte little-endian header length, a JSON header ``{name: {dtype, shape, data_offsets}}``
-(plus optional ``__metadata__`` of strings), then the raw little-endian tensor bytes. Reading maps the
-file into memory, so tensors are paged in on use rather than copied up front.
+(plus optional ``__metadata__`` of strings), then the raw little-endian tensor bytes. Each tensor is
+read into its own array, so a consumer that drops arrays as it goes (the converter) holds one copy at most.
 """
 import collections
 import json
@@ -20,7 +20,7 @@ MAX_HEADER = 100 * 1024 * 1024
 
 
 def load_safetensors(path, with_metadata=False):
-    """``OrderedDict[name, np.ndarray]`` (read-only, memory-mapped; bfloat16 widened to float32)."""
+    """``OrderedDict[name, np.ndarray]`` (bfloat16 widened to float32)."""
     path = str(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -39,7 +39,6 @@ def load_safetensors(path, with_metadata=False):
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
     data_len = size - 8 - n
-    mm = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n, shape=(data_len,)) if data_len else np.zeros(0, np.uint8)
     out = collections.OrderedDict()
     for name, info in sorted(header.items(), key=lambda kv: kv[1].get("data_offsets", [0])[0]):
         try:
@@ -53,7 +52,7 @@ def load_safetensors(path, with_metadata=False):
         if not 0 <= start <= end <= data_len or end - start != count * dtype.itemsize:
             raise CheckpointError(f"{path}: tensor '{name}' ({info['dtype']} {list(shape)}) lies outside the file's "
                                   f"data or has the wrong byte size; the file is truncated or corrupt")
-        arr = mm[start:end].view(dtype).reshape(shape)
+        arr = np.fromfile(path, dtype=dtype, count=count, offset=8 + n + start).reshape(shape)
         if info["dtype"] == "BF16":
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         out[name] = arr

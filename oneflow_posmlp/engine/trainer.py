@@ -1,0 +1,327 @@
+"""The training loop: the official PosMLP ImageNet recipe (AdamW, cosine with warm-up, Mixup/CutMix,
+label smoothing, gradient clipping, EMA), exact resume, TensorBoard and CSV logs, eager execution.
+
+One process or many (``python -m oneflow.distributed.launch``): see :class:`~oneflow_posmlp.parallel.ParallelContext`.
+"""
+import contextlib
+import math
+import os
+import random
+import time
+
+import numpy as np
+import oneflow as flow
+from flowvision.scheduler import CosineLRScheduler
+from flowvision.utils.model_ema import ModelEmaV2
+
+from ..checkpoint.convert import load_into_model
+from ..checkpoint.oneflow_io import load_oneflow_weights
+from ..config import dump_config, scaled_lr
+from ..data import build_datasets, build_mixup, build_train_criterion, build_train_loader, build_val_loader
+from ..models import build_model
+from ..parallel import LayoutError, ParallelContext
+from .logger import CsvLog, TensorBoardWriter, setup_logging
+from .loss_scaler import DynamicLossScaler, autocast
+from .metrics import EvalMeter
+from .state import load_training_state, rng_state, save_training_state, set_rng_state
+
+
+def param_groups(model, weight_decay):
+    """timm's rule: no weight decay on biases and 1-D parameters (norm scales)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@contextlib.contextmanager
+def rng_preserved():
+    """Run a block without moving the Python/NumPy/OneFlow RNGs (e.g. creating a DataLoader iterator)."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+
+
+class Trainer:
+    """Build everything from a validated config; ``fit()`` trains, ``evaluate()`` evaluates.
+
+    ``resume``: a training checkpoint directory (``OUTPUT/last``) or ``"auto"`` (``OUTPUT/last`` if present).
+    ``init``: converted weights to start from (``tools/convert_torch_weights.py`` output), head may differ.
+    """
+
+    def __init__(self, cfg, output_dir=None, resume=None, init=None):
+        self.cfg = cfg
+        t = cfg["train"]
+        self.ctx = ParallelContext(cfg["dist"])
+        if t["graph"]:
+            raise LayoutError("train.graph: nn.Graph-compiled training steps are not implemented yet (issue #4); "
+                              "use train.graph=false")
+        self.out = output_dir or cfg["output"]["dir"]
+        self.log = setup_logging(self.out, self.ctx.rank)
+        self._seed(t["seed"])
+
+        self.train_set, self.val_set = build_datasets(cfg)
+        self.train_loader, self.sampler = build_train_loader(cfg, self.train_set, self.ctx.rank, self.ctx.world)
+        self.val_loader = build_val_loader(cfg, self.val_set, self.ctx.rank, self.ctx.world)
+        self.mixup = build_mixup(cfg)
+        self.criterion = build_train_criterion(cfg, self.mixup)
+        self.eval_criterion = flow.nn.CrossEntropyLoss(reduction="none")
+
+        self.model = build_model(cfg["model"])
+        if init:
+            self._load_init(init)
+        resume_path = self._resume_path(resume)
+        state = load_training_state(resume_path, cfg) if resume_path else None
+        if state:
+            self.model.load_state_dict(state["model"])
+        self.ema = ModelEmaV2(self.model, decay=t["ema_decay"]) if t["ema"] else None
+        if state and self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.ctx.apply(self.model)
+        if self.ema is not None:
+            self.ctx.apply(self.ema.module)
+
+        self.accum = t["grad_accum_steps"]
+        self.updates_per_epoch = max(self._batches_per_epoch() // self.accum, 1)
+        self.lr = scaled_lr(cfg)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = flow.optim.AdamW(param_groups(self.model, t["weight_decay"]), lr=self.lr,
+                                          betas=tuple(t["opt_betas"]), eps=t["opt_eps"])
+        self.scheduler = CosineLRScheduler(
+            self.optimizer, t_initial=t["epochs"] * self.updates_per_epoch, lr_min=t["min_lr"],
+            warmup_t=t["warmup_epochs"] * self.updates_per_epoch, warmup_lr_init=t["warmup_lr"], t_in_epochs=False)
+        self.amp = t["amp"] and self.ctx.device == "cuda"
+        self.scaler = DynamicLossScaler(enabled=self.amp)
+
+        self.epoch = self.batch_in_epoch = self.updates = 0
+        self.loss_sum = self.loss_count = 0.0
+        self.best_top1, self.best_epoch = -1.0, -1
+        if state:
+            self._restore(state, resume_path)
+        self.tb = TensorBoardWriter(os.path.join(self.out, "tb")) if cfg["log"]["tensorboard"] and self.ctx.is_main \
+            else None
+        self.csv = CsvLog(os.path.join(self.out, "summary.csv"), self.epoch) if cfg["log"]["csv"] and self.ctx.is_main \
+            else None
+        params = sum(p.numel() for p in self.model.parameters())
+        self.log.info(f"model {cfg['model'].get('name') or 'custom'}: {params:,} parameters; {len(self.train_set)} "
+                      f"train / {len(self.val_set)} val images; global batch {t['batch_size']} on {self.ctx.world} "
+                      f"rank(s) ({self.ctx.device}); lr {self.lr:.3g}; {self.updates_per_epoch} updates/epoch")
+        if self.tb:
+            self.tb.add_text("config", "```\n" + dump_config(cfg) + "\n```", 0)
+
+    # ----------------------------------------------------------------- setup helpers
+    def _seed(self, seed):
+        random.seed(seed)
+        np.random.seed(seed)
+        flow.manual_seed(seed)
+
+    def _batches_per_epoch(self):
+        n = self.sampler.num_batches()
+        limit = self.cfg["data"]["limit_train_batches"]
+        return min(n, limit) if limit > 0 else n
+
+    def _resume_path(self, resume):
+        if resume == "auto":
+            last = os.path.join(self.out, "last")
+            return last if os.path.isdir(last) else None
+        return resume
+
+    def _load_init(self, path):
+        state = load_oneflow_weights(path)
+        arrays = {k: v.numpy() for k, v in state.items()}
+        dropped = load_into_model(self.model, arrays, allow_head_mismatch=True)
+        self.log.info(f"initialised from {path}" + (f" (kept a fresh classifier: {', '.join(dropped)})" if dropped else ""))
+
+    def _restore(self, state, path):
+        opt_state = state["optimizer"]
+        if self.ctx.distributed:
+            opt_state = _to_global(opt_state, self.ctx)
+        self.optimizer.load_state_dict(opt_state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch_in_epoch, self.updates = state["epoch"], state["batch_in_epoch"], state["updates"]
+        self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
+        self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
+        set_rng_state(state["rng"][self.ctx.rank] if isinstance(state["rng"], list) else state["rng"])
+        self.log.info(f"resumed from {path}: epoch {self.epoch}, batch {self.batch_in_epoch}, update {self.updates}")
+
+    # ----------------------------------------------------------------- checkpoints
+    def state(self):
+        return {
+            "model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "updates": self.updates, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
+            "best_top1": self.best_top1, "best_epoch": self.best_epoch, "rng": rng_state(),
+            "sampler": self.sampler.state_dict(), "config": self.cfg,
+        }
+
+    def save(self, name):
+        save_training_state(os.path.join(self.out, name), self.state(), self.ctx)
+
+    # ----------------------------------------------------------------- training
+    def fit(self):
+        epochs = self.cfg["train"]["epochs"]
+        start = time.time()
+        while self.epoch < epochs:
+            train_loss = self.train_one_epoch()
+            row = {"epoch": self.epoch, "train_loss": train_loss}
+            if (self.epoch + 1) % self.cfg["train"]["eval_interval"] == 0 or self.epoch + 1 == epochs:
+                row.update(self._evaluate_and_log())
+            self.epoch += 1
+            self.batch_in_epoch, self.loss_sum, self.loss_count = 0, 0.0, 0.0
+            if self.csv:
+                self.csv.append(row)
+            self.save("last")
+            if row.get("eval_top1", -1) > self.best_top1:
+                self.best_top1, self.best_epoch = row["eval_top1"], row["epoch"]
+                self.save("best")
+        self.log.info(f"done: {epochs} epochs in {time.time() - start:.0f} s; best top-1 {self.best_top1:.2f}% "
+                      f"(epoch {self.best_epoch})")
+        if self.tb:
+            self.tb.close()
+        return self.best_top1
+
+    def train_one_epoch(self):
+        t, ctx = self.cfg["train"], self.ctx
+        local_batch = self.train_loader.batch_size
+        self.sampler.set_epoch(self.epoch, consumed=self.batch_in_epoch * local_batch)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(self.epoch)
+        total = self._batches_per_epoch()
+        self.model.train()
+        with rng_preserved():
+            batches = iter(self.train_loader)
+        progress = _progress(total, self.batch_in_epoch, f"epoch {self.epoch}",
+                             ctx.is_main and self.cfg["log"]["progress"])
+        data_start = time.time()
+        window_start, window_images = time.time(), 0
+        while self.batch_in_epoch < total:
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                break
+            data_time = time.time() - data_start
+            if self.mixup is not None:
+                x, y = self.mixup(x, y)  # on local tensors, before to_global
+            x, y = ctx.to_global_batch(x, y)
+            with autocast(self.amp, ctx.device):
+                loss = self.criterion(self.model(x), y)
+            self.scaler.scale_loss(loss / self.accum).backward()
+            loss_value = float(loss.numpy())
+            self.loss_sum += loss_value
+            self.loss_count += 1
+            self.batch_in_epoch += 1
+            window_images += local_batch * ctx.world
+            progress.update(1)
+            if self.batch_in_epoch % self.accum == 0:
+                grad_norm = self._optimizer_step()
+                if self.updates % t["log_interval"] == 0 or self.batch_in_epoch == total:
+                    speed = window_images / max(time.time() - window_start, 1e-9)
+                    self._log_step(loss_value, grad_norm, speed, data_time)
+                    progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{self._lr():.2e}")
+                    window_start, window_images = time.time(), 0
+                every = self.cfg["output"]["save_every_steps"]
+                if every > 0 and self.updates % every == 0:
+                    self.save("last")
+            data_start = time.time()
+        progress.close()
+        return self.loss_sum / max(self.loss_count, 1)
+
+    def _optimizer_step(self):
+        params = self.params
+        finite = self.scaler.unscale_and_check(params)
+        grad_norm = float("nan")
+        if finite:
+            clip = self.cfg["train"]["clip_grad"]
+            norm = flow.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+            grad_norm = float(norm.numpy())
+            self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.updates += 1
+        self.scheduler.step_update(self.updates)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return grad_norm
+
+    def _lr(self):
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _log_step(self, loss, grad_norm, speed, data_time):
+        self.log.info(f"epoch {self.epoch} update {self.updates}: loss {loss:.4f} lr {self._lr():.3e} "
+                      f"grad_norm {grad_norm:.3f} {speed:.1f} img/s data {data_time * 1000:.0f} ms")
+        if self.tb:
+            for tag, value in (("train/loss", loss), ("train/lr", self._lr()), ("train/grad_norm", grad_norm),
+                               ("train/images_per_sec", speed), ("train/data_time", data_time)):
+                self.tb.add_scalar(tag, value, self.updates)
+            if self.amp:
+                self.tb.add_scalar("train/loss_scale", self.scaler.scale, self.updates)
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self, model=None):
+        """``{loss, top1, top5, count}`` of ``model`` (default: the trained model) on the validation set."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+        meter = EvalMeter()
+        with rng_preserved():
+            batches = iter(self.val_loader)
+        with flow.no_grad():
+            for x, y, valid in batches:
+                x, y, valid = self.ctx.to_global_batch(x, y, valid)
+                with autocast(self.amp, self.ctx.device):
+                    logits = model(x)
+                meter.update(logits.to(flow.float32), y, valid, self.eval_criterion)
+        model.train(was_training)
+        return meter.result()
+
+    def _evaluate_and_log(self):
+        row = {}
+        res = self.evaluate()
+        row.update(eval_loss=res["loss"], eval_top1=res["top1"], eval_top5=res["top5"])
+        msg = f"epoch {self.epoch} val: loss {res['loss']:.4f} top-1 {res['top1']:.2f}% top-5 {res['top5']:.2f}%"
+        if self.ema is not None:
+            ema = self.evaluate(self.ema.module)
+            row.update(ema_eval_loss=ema["loss"], ema_eval_top1=ema["top1"], ema_eval_top5=ema["top5"])
+            msg += f" | EMA top-1 {ema['top1']:.2f}% top-5 {ema['top5']:.2f}%"
+        self.log.info(msg + f" ({res['count']} images)")
+        if self.tb:
+            for key in ("eval_loss", "eval_top1", "eval_top5", "ema_eval_loss", "ema_eval_top1", "ema_eval_top5"):
+                if key in row:
+                    tag = ("val_ema/" if key.startswith("ema") else "val/") + key.split("_")[-1]
+                    self.tb.add_scalar(tag, row[key], self.epoch)
+            self.tb.flush()
+        return row
+
+
+def _to_global(obj, ctx):
+    if isinstance(obj, flow.Tensor):
+        return obj.to_global(placement=ctx.placement, sbp=flow.sbp.broadcast) if not obj.is_global else obj
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_global(v, ctx)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_to_global(v, ctx) for v in obj]
+    return obj
+
+
+class _NoProgress:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total, initial, desc, enabled):
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False)

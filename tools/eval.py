@@ -1,0 +1,46 @@
+"""Evaluate a checkpoint (trained or converted): top-1 / top-5 and loss on the validation set.
+
+    python tools/eval.py -c configs/posmlp_t.yaml --weights OUTPUT/best [--ema] [--opts key=value ...]
+"""
+import json
+import sys
+
+import oneflow_posmlp  # noqa: F401  (before oneflow)
+from oneflow_posmlp.cli import config_parser, run
+
+
+def main(argv=None):
+    p = config_parser(__doc__.splitlines()[0])
+    p.add_argument("--weights", required=True, help="a training checkpoint directory or converted weights")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
+    args = p.parse_args(argv)
+
+    def go():
+        import oneflow as flow
+
+        from oneflow_posmlp.checkpoint.convert import load_into_model
+        from oneflow_posmlp.checkpoint.oneflow_io import load_oneflow_weights
+        from oneflow_posmlp.config import load_config
+        from oneflow_posmlp.engine import Trainer
+
+        cfg = load_config(args.config, list(args.opts) + ["train.ema=false", "log.tensorboard=false", "log.csv=false"])
+        trainer = Trainer(cfg)
+        state = flow.load(args.weights) if args.ema else None
+        if args.ema:
+            if not isinstance(state, dict) or state.get("ema") is None:
+                raise oneflow_posmlp.checkpoint.CheckpointError(f"--ema: {args.weights} holds no EMA weights")
+            weights = state["ema"]
+        else:
+            weights = load_oneflow_weights(args.weights)
+        load_into_model(trainer.model, {k: v.numpy() for k, v in weights.items()})
+        res = trainer.evaluate()
+        if trainer.ctx.is_main:
+            print(json.dumps({"top1": round(res["top1"], 3), "top5": round(res["top5"], 3),
+                              "loss": round(res["loss"], 5), "images": res["count"]}))
+        return 0
+
+    return run(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Train PosMLP.
+
+    python tools/train.py -c configs/posmlp_t.yaml [--opts key=value ...] [--resume auto|DIR] [--init WEIGHTS]
+    python -m oneflow.distributed.launch --nproc_per_node 8 tools/train.py -c configs/posmlp_b.yaml
+"""
+import sys
+
+import oneflow_posmlp  # noqa: F401  (before oneflow)
+from oneflow_posmlp.cli import config_parser, run
+
+
+def main(argv=None):
+    p = config_parser(__doc__.splitlines()[1])
+    p.add_argument("--output", help="output directory (default: output.dir of the config)")
+    p.add_argument("--resume", help="training checkpoint to continue from, or 'auto' for OUTPUT/last if present")
+    p.add_argument("--init", help="converted weights to start from (tools/convert_torch_weights.py output)")
+    args = p.parse_args(argv)
+
+    def go():
+        from oneflow_posmlp.config import load_config
+        from oneflow_posmlp.engine import Trainer
+
+        cfg = load_config(args.config, args.opts)
+        Trainer(cfg, output_dir=args.output, resume=args.resume, init=args.init).fit()
+        return 0
+
+    return run(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,7 +7,7 @@ venv:
 	@bash scripts/ensure_venv.sh
 
 demo: venv
-	$(PY) tools/demo_forward.py
+	$(PY) tools/train.py -c configs/demo.yaml
 
 test: venv
 	$(PY) -m pytest -q

@@ -33,3 +33,20 @@ def tiny_model_cfg():
 def _quiet_glog():
     os.environ.setdefault("GLOG_minloglevel", "2")
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_root(tmp_path_factory):
+    """A small demo shapes set (64 train / 16 val images) for training tests."""
+    from oneflow_posmlp.data import ensure_demo_dataset
+
+    return ensure_demo_dataset(str(tmp_path_factory.mktemp("demo") / "shapes"), train_per_class=16,
+                               val_per_class=4, log=lambda *_: None)
+
+
+def tiny_train_opts(root, **extra):
+    """``--opts`` for a seconds-long run of configs/demo.yaml on ``tiny_demo_root``."""
+    opts = {"data.root": root, "data.demo": "false", "data.num_workers": 0, "train.batch_size": 16,
+            "train.epochs": 2, "train.warmup_epochs": 1, "log.progress": "false", "train.log_interval": 1}
+    opts.update(extra)
+    return [f"{k}={v}" for k, v in opts.items()]

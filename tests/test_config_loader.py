@@ -1,0 +1,67 @@
+"""Config loading: YAML over schema defaults, --opts overrides, errors naming the key and the fix."""
+import pytest
+import yaml
+
+from oneflow_posmlp.config import ConfigError, load_config, parse_opts, scaled_lr
+
+
+def write(tmp_path, doc):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_defaults_are_the_official_t_recipe():
+    cfg = load_config()
+    t, a = cfg["train"], cfg["aug"]
+    assert (t["optimizer"], t["opt_eps"], t["weight_decay"], t["lr"]) == ("adamw", 1e-5, 0.067, 2e-3)
+    assert (t["min_lr"], t["warmup_epochs"], t["warmup_lr"], t["epochs"]) == (1e-6, 10, 1e-5, 300)
+    assert (a["auto_augment"], a["mixup"], a["cutmix"], a["mixup_switch_prob"]) == ("rand-m6-n3-mstd1.0-inc1", 0.5, 1.0, 0.5)
+    assert (a["smoothing"], a["color_jitter"], a["crop_pct"], t["clip_grad"], t["ema_decay"]) == (0.1, 0.4, 0.9, 1.0, 0.99992)
+    assert cfg["model"]["embed_dims"] == [96, 192, 384, 768]
+
+
+@pytest.mark.parametrize("name", ["posmlp_t", "posmlp_s", "posmlp_b", "demo"])
+def test_shipped_configs_load(name):
+    cfg = load_config(f"configs/{name}.yaml")
+    assert cfg["train"]["batch_size"] >= 1
+
+
+def test_yaml_and_opts_override(tmp_path):
+    path = write(tmp_path, {"train": {"lr": 1e-3, "batch_size": 256}, "model": {"name": "posmlp_s"}})
+    cfg = load_config(path, ["train.epochs=5", "model.num_classes=10", "aug.scale=[0.5, 1.0]"])
+    assert cfg["train"]["lr"] == 1e-3 and cfg["train"]["epochs"] == 5 and cfg["aug"]["scale"] == [0.5, 1.0]
+    assert cfg["model"]["embed_dims"][0] == 128 and cfg["model"]["num_classes"] == 10
+    assert scaled_lr(cfg) == pytest.approx(1e-3 * 256 / 512)
+
+
+@pytest.mark.parametrize("opts,needle", [
+    (["train.lrr=1"], "unknown config key 'train.lrr'; did you mean 'train.lr'?"),
+    (["trian.lr=1"], "unknown config key 'trian'; did you mean 'train'?"),
+    (["train.lr=fast"], "config key 'train.lr' must be float"),
+    (["train.epochs=1.5"], "config key 'train.epochs' must be int"),
+    (["train.amp=yes please"], "config key 'train.amp' must be bool"),
+    (["aug.mixup_mode=elem"], "must be one of batch"),
+    (["model.embed_dim=[1]"], "did you mean 'embed_dims'"),
+    (["model.win_size=[5,5,5,5]"], "do not tile"),
+    (["train.batch_size=10", "train.grad_accum_steps=4"], "not divisible by train.grad_accum_steps"),
+    (["train.lr"], "must look like key.sub=value"),
+])
+def test_bad_config_names_key_and_fix(opts, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, opts)
+    assert needle in str(err.value)
+
+
+def test_unknown_key_in_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'data.num_worker'; did you mean 'data.num_workers'"):
+        load_config(write(tmp_path, {"data": {"num_worker": 2}}))
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_parse_opts_nests_and_parses_yaml():
+    assert parse_opts(["a.b=1", "a.c=[1, 2]", "d=null"]) == {"a": {"b": 1, "c": [1, 2]}, "d": None}

@@ -1,0 +1,124 @@
+"""The trainer: a short real run, its checkpoints, logs and evaluation; bad input before training."""
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import oneflow as flow
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import tiny_train_opts
+from oneflow_posmlp.checkpoint import CheckpointError
+from oneflow_posmlp.checkpoint.oneflow_io import save_oneflow_weights
+from oneflow_posmlp.config import load_config
+from oneflow_posmlp.engine import Trainer
+from oneflow_posmlp.models import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tool(name, *args):
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT, env=dict(os.environ, GLOG_minloglevel="3"))
+    res.last_err = (res.stderr.strip().splitlines() or [""])[-1]
+    return res
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_demo_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run"))
+    cfg = load_config("configs/demo.yaml", tiny_train_opts(tiny_demo_root, **{"aug.mixup": 0.8, "aug.cutmix": 1.0}))
+    trainer = Trainer(cfg, output_dir=out)
+    trainer.fit()
+    return trainer, out
+
+
+def test_run_writes_checkpoints_csv_and_tensorboard(trained):
+    trainer, out = trained
+    assert os.path.isdir(os.path.join(out, "last")) and os.path.isdir(os.path.join(out, "best"))
+    assert trainer.updates == 2 * (64 // 16)
+    with open(os.path.join(out, "summary.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert all(r["eval_top1"] and r["ema_eval_top1"] for r in rows)
+    acc = EventAccumulator(os.path.join(out, "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/images_per_sec", "train/data_time", "val/loss",
+            "val/top1", "val/top5", "val_ema/top1", "val_ema/top5"} <= tags
+    assert len(acc.Scalars("train/loss")) == trainer.updates
+    assert float(rows[-1]["eval_top1"]) == pytest.approx(acc.Scalars("val/top1")[-1].value, abs=1e-3)
+    assert b"embed_dims" in acc.Tensors("config")[0].tensor_proto.string_val[0]
+    assert os.path.isfile(os.path.join(out, "log_rank0.txt"))
+
+
+def test_lr_follows_warmup_then_cosine(trained):
+    trainer, out = trained
+    acc = EventAccumulator(os.path.join(out, "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    lrs = [e.value for e in acc.Scalars("train/lr")]
+    t = trainer.cfg["train"]
+    peak, warm, low, total = trainer.lr, t["warmup_lr"], t["min_lr"], 8  # 2 epochs x 4 updates, 4 of warm-up
+    # logged after update k: the rate of update k+1. Warm-up is linear from warmup_lr; from then on the cosine
+    # runs over all updates (timm's CosineLRScheduler without warmup_prefix, as the official runs)
+    for k in range(3):
+        assert lrs[k] == pytest.approx(warm + (k + 1) * (peak - warm) / 4, rel=1e-5)
+    for k in range(3, 7):  # (after the last update timm would start a new cycle; that rate is never used)
+        assert lrs[k] == pytest.approx(low + 0.5 * (peak - low) * (1 + math.cos(math.pi * (k + 1) / total)), rel=1e-5)
+
+
+def test_eval_tool_reproduces_the_logged_accuracy(trained, tiny_demo_root):
+    trainer, out = trained
+    res = tool("eval.py", "-c", "configs/demo.yaml", "--weights", os.path.join(out, "last"), "--opts",
+               *tiny_train_opts(tiny_demo_root))
+    assert res.returncode == 0, res.stderr
+    import json
+
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    with open(os.path.join(out, "summary.csv")) as f:
+        last = list(csv.DictReader(f))[-1]
+    assert got["images"] == 16 and got["top1"] == pytest.approx(float(last["eval_top1"]), abs=1e-3)
+
+
+def test_init_from_converted_weights_with_another_head(tiny_demo_root, tmp_path):
+    cfg = load_config("configs/demo.yaml", tiny_train_opts(tiny_demo_root, **{"train.epochs": 1}))
+    donor = build_model(dict(cfg["model"], num_classes=10))
+    save_oneflow_weights(donor.state_dict(), str(tmp_path / "w"))
+    trainer = Trainer(cfg, output_dir=str(tmp_path / "out"), init=str(tmp_path / "w"))
+    w = trainer.model.levels[0].encoder[0].proj_c_e.weight.numpy()
+    assert np.array_equal(w, donor.levels[0].encoder[0].proj_c_e.weight.numpy())
+    assert tuple(trainer.model.head.weight.shape) == (4, 128)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(trained, tiny_demo_root, tmp_path):
+    _, out = trained
+    cfg = load_config("configs/demo.yaml", tiny_train_opts(tiny_demo_root, **{"model.gamma": "[4, 4, 8, 16]"}))
+    with pytest.raises(CheckpointError, match="checkpoint is of another model \\(model.gamma"):
+        Trainer(cfg, output_dir=str(tmp_path), resume=os.path.join(out, "last"))
+
+
+@pytest.mark.parametrize("opts,needle", [
+    (["data.root=/nonexistent/imagenet", "data.demo=false"], "data folder /nonexistent/imagenet/train does not exist"),
+    (["train.optimizr=sgd"], "did you mean 'train.optimizer'"),
+    (["model.num_classes=7"], "the training set has 4 classes but model.num_classes is 7"),
+])
+def test_cli_bad_input_is_one_clear_line_before_training(tiny_demo_root, tmp_path, opts, needle):
+    base = tiny_train_opts(tiny_demo_root)
+    res = tool("train.py", "-c", "configs/demo.yaml", "--output", tmp_path, "--opts", *base, *opts)
+    assert res.returncode == 2 and needle in res.last_err and "Traceback" not in res.stderr
+    assert not os.path.exists(tmp_path / "last")
+
+
+def test_cli_empty_class_folder(tiny_demo_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_demo_root, root)
+    for f in (root / "train" / "cross").iterdir():
+        f.unlink()
+    res = tool("train.py", "-c", "configs/demo.yaml", "--output", tmp_path / "o", "--opts",
+               *tiny_train_opts(str(root)))
+    assert res.returncode == 2 and "cross holds no images" in res.last_err

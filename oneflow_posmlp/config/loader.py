@@ -1,46 +1,60 @@
-"""Load a YAML config over the schema defaults, apply ``--opts key.sub=value`` overrides, validate."""
+"""Load a YAML config over the schema defaults, apply ``--opts key.sub=value`` overrides, validate.
+
+A config is a nested plain dict: ``{model, data, aug, train, output, dist, log}`` (see schema.py and
+docs/configuration.md). Every error is a :class:`ConfigError` naming the key, the value and the fix.
+"""
 import copy
 import difflib
 
 import yaml
 
-from .schema import CHOICES, DEFAULTS, NULLABLE
+from .schema import CHOICE_NOTES, CHOICES, DEFAULTS, LENGTHS, NULLABLE, RANGES
 
 
 class ConfigError(ValueError):
     """An invalid config; the message names the key and how to fix it."""
 
 
-def _nearest(key, choices):
+def _nearest(key, choices, prefix=""):
     close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 def _merge(base, override, where):
+    """Merge ``override`` into ``base`` (in place), checking every key against ``base`` and every value's type."""
     for key, value in override.items():
-        path = f"{where}.{key}" if where else key
+        path = f"{where}.{key}" if where else str(key)
         if key not in base:
-            raise ConfigError(f"unknown config key '{path}'{_nearest(key, base).replace(chr(39), chr(39) + (where + '.' if where else ''), 1)} (valid keys in "
+            prefix = f"{where}." if where else ""
+            raise ConfigError(f"unknown config key '{path}'{_nearest(str(key), base, prefix)} (valid keys in "
                               f"{where or 'the top level'}: {', '.join(base)})")
         if where == "" and key == "model":
             if not isinstance(value, dict):
-                raise ConfigError("config key 'model' must be a mapping")
+                raise ConfigError(f"config key 'model' must be a mapping of model keys, got {value!r}")
             base[key] = dict(value)  # a model section replaces the default one; validated by the model
         elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{path}' must be a mapping of keys, got {value!r}")
             _merge(base[key], value, path)
         else:
-            base[key] = _check_type(path, base[key], value)
+            base[key] = _check_value(path, base[key], value)
 
 
-def _check_type(path, default, value):
+def _type_name(default):
+    return {bool: "bool (true/false)", int: "int", float: "float", str: "str", list: "list"}.get(
+        type(default), type(default).__name__)
+
+
+def _check_value(path, default, value):
+    """``value`` converted to the default's type (int -> float, tuple -> list) or a ConfigError."""
     section, _, key = path.partition(".")
+    where = (section, key)
     if default is None:
-        want = NULLABLE.get((section, key))
+        want = NULLABLE.get(where)
         if value is None or want is None or isinstance(value, want):
             return value
-        raise ConfigError(f"config key '{path}' must be {want.__name__} or null, got {value!r}")
+        raise ConfigError(f"config key '{path}' must be {want.__name__} or null, got {value!r} "
+                          f"({type(value).__name__})")
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
@@ -54,61 +68,111 @@ def _check_type(path, default, value):
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise ConfigError(f"config key '{path}' must be {type(default).__name__} (like {default!r}), got {value!r}")
-    choices = CHOICES.get((section, key))
-    if choices and value not in choices:
-        raise ConfigError(f"config key '{path}' must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise ConfigError(f"config key '{path}' must be {_type_name(default)} (like {default!r}), got {value!r} "
+                          f"({type(value).__name__})")
+    _check_constraints(path, where, value)
     return value
 
 
+def _check_constraints(path, where, value):
+    choices = CHOICES.get(where)
+    if choices and value not in choices:
+        note = f" ({CHOICE_NOTES[where]})" if where in CHOICE_NOTES else ""
+        raise ConfigError(f"config key '{path}' must be one of {', '.join(map(str, choices))}, got {value!r}{note}")
+    bounds = RANGES.get(where)
+    if bounds:
+        if bounds[0] == "open":
+            lo, hi = bounds[1:]
+            ok, text = lo < value < hi, f"> {lo}" + (f" and <= {hi:.4g}" if hi != float("inf") else "")
+        else:
+            lo, hi = bounds
+            ok, text = lo <= value <= hi, f">= {lo}" + (f" and <= {hi}" if hi != float("inf") else "")
+        if not ok:
+            raise ConfigError(f"config key '{path}' must be {text}, got {value!r}")
+    spec = LENGTHS.get(where)
+    if spec:
+        n, kind = spec
+        if n is not None and len(value) != n:
+            raise ConfigError(f"config key '{path}' must be a list of {n} numbers, got {value!r}")
+        for i, v in enumerate(value):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+                raise ConfigError(f"config key '{path}' must hold {kind.__name__}s, got {v!r} at position {i}")
+        if kind is float:
+            value[:] = [float(v) for v in value]
+
+
 def parse_opts(opts):
-    """``["train.lr=0.1", "model.depths=[1,1,1,1]"]`` -> nested dict (values parsed as YAML)."""
+    """``["train.lr=0.1", "model.depths=[1,1,1,1]"]`` -> nested dict; values parsed with ``yaml.safe_load``
+    (so ``1e-3``, ``true``, ``null``, ``[1, 2]`` mean what they do in a YAML file; an empty value is null)."""
     out = {}
     for item in opts or []:
         if "=" not in item:
-            raise ConfigError(f"--opts item '{item}' must look like key.sub=value")
+            raise ConfigError(f"--opts item '{item}' must look like key.sub=value (e.g. train.lr=1e-3)")
         path, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--opts {item}: cannot parse the value ({err})") from None
-        node = out
         parts = path.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--opts item '{item}': '{path}' is not a dotted key like train.lr")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--opts {item}: cannot parse the value as YAML ({err}); quote strings") from None
+        node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--opts {item}: '{part}' was given a value and sub-keys")
         node[parts[-1]] = value
     return out
 
 
 def apply_opts(cfg, opts):
-    """Merge ``--opts`` into an already loaded config (model keys override, not replace)."""
+    """A new config: ``cfg`` with the ``--opts`` overrides merged and validated. Model keys override single
+    model fields; a new ``model.name`` re-resolves the model from that registry entry plus the given keys."""
     cfg = copy.deepcopy(cfg)
     overrides = parse_opts(opts)
     model = overrides.pop("model", None)
     _merge(cfg, overrides, "")
-    if model:
-        cfg["model"].update(model)
+    if model is not None:
+        if not isinstance(model, dict):
+            raise ConfigError(f"--opts model={model!r}: set model keys one by one, e.g. model.name=posmlp_s")
+        if "name" in model and model["name"] != cfg["model"].get("name") and _is_resolved(cfg["model"]):
+            cfg["model"] = dict(model)
+        else:
+            cfg["model"].update(model)
     return _finish(cfg)
 
 
+def _is_resolved(model):
+    from ..models.config import DEFAULTS as MODEL_DEFAULTS
+
+    return all(k in model for k in MODEL_DEFAULTS)
+
+
 def load_config(path=None, opts=None):
-    """The validated config dict: schema defaults <- YAML file <- ``--opts`` overrides."""
+    """The validated config dict: schema defaults <- YAML file ``path`` <- ``--opts`` overrides.
+    ``path=None`` gives the defaults (the official PosMLP-T recipe)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
         try:
             with open(path) as f:
                 doc = yaml.safe_load(f) or {}
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found; pass -c configs/<name>.yaml") from None
+            raise ConfigError(f"config file {path} not found; pass -c configs/<name>.yaml "
+                              f"(demo, posmlp_t, posmlp_s, posmlp_b)") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config path {path} is a directory; pass a YAML file such as configs/demo.yaml") \
+                from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
         if not isinstance(doc, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
+            raise ConfigError(f"config file {path} must hold a mapping of sections "
+                              f"({', '.join(DEFAULTS)}), got {type(doc).__name__}")
         _merge(cfg, doc, "")
     return apply_opts(cfg, opts) if opts else _finish(cfg)
 
 
 def _finish(cfg):
+    """Cross-key checks and the model section resolved to the complete model kwargs."""
     from ..models import ModelConfigError, resolve_model_config
 
     try:
@@ -116,20 +180,39 @@ def _finish(cfg):
     except ModelConfigError as err:
         raise ConfigError(str(err)) from None
     t = cfg["train"]
-    for key in ("epochs", "batch_size", "grad_accum_steps", "lr_base_batch"):
-        if t[key] < 1:
-            raise ConfigError(f"config key 'train.{key}' must be >= 1, got {t[key]}")
     if t["batch_size"] % t["grad_accum_steps"]:
         raise ConfigError(f"train.batch_size {t['batch_size']} is not divisible by train.grad_accum_steps "
-                          f"{t['grad_accum_steps']}")
+                          f"{t['grad_accum_steps']}; use a multiple of {t['grad_accum_steps']}")
+    levels = cfg["model"]["num_levels"]
+    bad = [i for i in cfg["dist"]["activation_checkpointing"] if not 0 <= i < levels]
+    if bad:
+        raise ConfigError(f"dist.activation_checkpointing {cfg['dist']['activation_checkpointing']}: level(s) {bad} "
+                          f"do not exist; give level indices 0..{levels - 1}")
+    a = cfg["aug"]
+    if a["auto_augment"]:
+        _check_auto_augment(a)
     return cfg
 
 
+def _check_auto_augment(a):
+    """Build the flowvision augmentation once so a malformed ``aug.auto_augment`` string fails at load time."""
+    from ..data.transforms import _auto_augment
+
+    try:
+        _auto_augment(a["auto_augment"], (224, 224), a["mean"], a["train_interpolation"])
+    except (AssertionError, ValueError, KeyError, IndexError) as err:
+        raise ConfigError(f"config key 'aug.auto_augment' {a['auto_augment']!r} is not a valid timm augmentation "
+                          f"string ({err or type(err).__name__}); use e.g. rand-m6-n3-mstd1.0-inc1, or '' to "
+                          f"disable") from None
+
+
 def dump_config(cfg):
+    """The config as YAML text (keys in schema order); ``load_config`` of it gives the same config."""
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
 
 
 def scaled_lr(cfg):
-    """``train.lr`` scaled linearly from ``train.lr_base_batch`` to the global ``train.batch_size``."""
+    """``train.lr`` scaled linearly from ``train.lr_base_batch`` to the global ``train.batch_size``:
+    ``lr * batch_size / lr_base_batch`` (the linear scaling rule, Goyal et al. 2017)."""
     t = cfg["train"]
     return t["lr"] * t["batch_size"] / t["lr_base_batch"]

@@ -1,9 +1,13 @@
-"""The training config schema: every section and key with its default; a key's type is its default's.
+"""The training config schema: every section and key with its default. A key's type is its default's type
+(an int default also accepts no float, a float default accepts ints, a list default needs a list); keys
+whose default is ``None`` accept ``None`` or the type in ``NULLABLE``. ``CHOICES``, ``RANGES`` and
+``LENGTHS`` restrict values further. docs/configuration.md describes every key.
 
-``model:`` is validated by :func:`oneflow_posmlp.models.resolve_model_config` (its keys mirror the official
-PosMLP keyword arguments). Keys whose default is ``None`` accept a value of the type in ``NULLABLE``.
+``model:`` is not listed here: it is validated (and completed) by
+:func:`oneflow_posmlp.models.resolve_model_config`; its keys mirror the official PosMLP keyword arguments.
 The defaults are the official PosMLP-T ImageNet recipe (Zhicaiwww/PosMLP config/PosMLP_T.yaml).
 """
+import math
 
 DEFAULTS = {
     "model": {"name": "posmlp_t"},
@@ -12,68 +16,75 @@ DEFAULTS = {
         "train_split": "train",
         "val_split": "val",
         "demo": False,           # generate the embedded demo data set at `root` when it is missing
+        "demo_train_per_class": 300,  # demo set: training images per class
+        "demo_val_per_class": 75,     # demo set: validation images per class
+        "demo_image_size": 40,        # demo set: JPEG side in pixels
         "synthetic": False,      # random tensors instead of images (benchmarks)
         "synthetic_size": 1024,  # images per synthetic epoch
-        "num_workers": 4,
+        "num_workers": 4,        # DataLoader worker processes per rank (0: load in the training process)
         "limit_train_batches": 0,  # > 0: stop each epoch after this many batches (smoke runs)
     },
     "aug": {
-        "auto_augment": "rand-m6-n3-mstd1.0-inc1",
-        "color_jitter": 0.4,
-        "crop_pct": 0.9,
-        "train_interpolation": "random",
-        "interpolation": "bicubic",
+        "auto_augment": "rand-m6-n3-mstd1.0-inc1",  # timm string; "" disables (then color_jitter applies)
+        "color_jitter": 0.4,     # only used when auto_augment is "" (as in timm)
+        "crop_pct": 0.9,         # eval: resize to img_size / crop_pct, centre-crop img_size
+        "train_interpolation": "random",  # random = bilinear or bicubic per image
+        "interpolation": "bicubic",       # eval resize
         "hflip": 0.5,
-        "scale": [0.08, 1.0],
-        "ratio": [0.67, 1.5],
-        "reprob": 0.0,
+        "vflip": 0.0,
+        "scale": [0.08, 1.0],    # RandomResizedCrop area range
+        "ratio": [0.67, 1.5],    # RandomResizedCrop aspect range
+        "reprob": 0.0,           # RandomErasing probability
         "remode": "pixel",
         "recount": 3,
-        "mixup": 0.5,
-        "cutmix": 1.0,
-        "mixup_prob": 1.0,
-        "mixup_switch_prob": 0.5,
+        "mixup": 0.5,            # Mixup alpha (0: off)
+        "cutmix": 1.0,           # CutMix alpha (0: off)
+        "mixup_prob": 1.0,       # probability of mixing a batch
+        "mixup_switch_prob": 0.5,  # probability of CutMix instead of Mixup when both are on
         "mixup_mode": "batch",
-        "smoothing": 0.1,
+        "smoothing": 0.1,        # label smoothing
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],
     },
     "train": {
         "epochs": 300,
-        "batch_size": 512,       # global batch (all ranks together)
-        "lr": 2.0e-3,            # at lr_base_batch; scaled linearly to batch_size
+        "batch_size": 512,       # GLOBAL batch (all data-parallel ranks and accumulation steps together)
+        "lr": 2.0e-3,            # peak lr at lr_base_batch; scaled linearly to batch_size (see scaled_lr)
         "lr_base_batch": 512,
-        "min_lr": 1.0e-6,
+        "min_lr": 1.0e-6,        # cosine schedule floor
         "warmup_epochs": 10,
-        "warmup_lr": 1.0e-5,
+        "warmup_lr": 1.0e-5,     # lr at the first step of the linear warm-up
         "optimizer": "adamw",
         "opt_eps": 1.0e-5,
         "opt_betas": [0.9, 0.999],
         "weight_decay": 0.067,
         "clip_grad": 1.0,        # max global grad norm; 0 disables
-        "grad_accum_steps": 1,
+        "clip_mode": "norm",
+        "grad_accum_steps": 1,   # micro-batches per optimizer step (also the pipeline micro-batches)
         "amp": False,            # CUDA only: autocast + dynamic loss scaling
-        "ema": True,
+        "ema": True,             # keep an EMA of the weights and evaluate it too
         "ema_decay": 0.99992,
         "seed": 42,
-        "graph": False,          # nn.Graph-compiled steps (needs issue #4's graphs); eager otherwise
-        "log_interval": 50,
+        "graph": False,          # nn.Graph-compiled steps (issue #4's graphs); eager otherwise
+        "log_interval": 50,      # optimizer steps between console/TensorBoard scalars
         "eval_interval": 1,      # epochs between evaluations
     },
     "output": {
-        "dir": "output/posmlp",
+        "dir": "output/posmlp",  # checkpoints (last/, best/), summary.csv, tb/, log_rank*.txt
         "save_every_steps": 0,   # > 0: also write `last` every N optimizer steps
     },
     "dist": {
         "device": "cpu",         # cpu | cuda
-        "data_parallel": 0,      # 0: all ranks
+        "data_parallel": 0,      # 0: all ranks not used by tensor/pipeline parallelism
         "tensor_parallel": 1,
         "pipeline_parallel": 1,
+        "zero_stage": 0,         # nn.Graph ZeRO sharding of optimizer state (0: off, 1-3: stage)
+        "activation_checkpointing": [],  # level indices whose blocks recompute activations, e.g. [0, 1]
     },
     "log": {
         "tensorboard": True,
         "csv": True,
-        "progress": True,
+        "progress": True,        # console progress bar with ETA on rank 0
     },
 }
 
@@ -81,7 +92,67 @@ NULLABLE = {("data", "root"): str}
 
 CHOICES = {
     ("train", "optimizer"): ("adamw",),
-    ("aug", "mixup_mode"): ("batch",),  # flowvision 0.2.1's elem/pair modes use np.bool, gone in numpy >= 1.24
-    ("dist", "device"): ("cpu", "cuda"),
+    ("train", "clip_mode"): ("norm",),
+    ("aug", "mixup_mode"): ("batch",),
     ("aug", "remode"): ("pixel", "rand", "const"),
+    ("aug", "train_interpolation"): ("random", "bilinear", "bicubic", "nearest"),
+    ("aug", "interpolation"): ("bilinear", "bicubic", "nearest"),
+    ("dist", "device"): ("cpu", "cuda"),
+    ("dist", "zero_stage"): (0, 1, 2, 3),
+}
+
+# Why a choice is limited, appended to the error.
+CHOICE_NOTES = {
+    ("aug", "mixup_mode"): "flowvision 0.2.1's elem/pair modes use np.bool, which numpy >= 1.24 removed",
+    ("train", "clip_mode"): "the trainer clips by global norm, as the official runs (clip_mode: norm)",
+}
+
+_INF = math.inf
+# Inclusive bounds (lo, hi); a tuple ("open", lo, hi) excludes both ends.
+RANGES = {
+    ("data", "demo_train_per_class"): (1, _INF),
+    ("data", "demo_val_per_class"): (1, _INF),
+    ("data", "demo_image_size"): (8, _INF),
+    ("data", "synthetic_size"): (1, _INF),
+    ("data", "num_workers"): (0, _INF),
+    ("data", "limit_train_batches"): (0, _INF),
+    ("aug", "color_jitter"): (0.0, _INF),
+    ("aug", "crop_pct"): ("open", 0.0, 1.0 + 1e-12),
+    ("aug", "hflip"): (0.0, 1.0),
+    ("aug", "vflip"): (0.0, 1.0),
+    ("aug", "reprob"): (0.0, 1.0),
+    ("aug", "recount"): (1, _INF),
+    ("aug", "mixup"): (0.0, _INF),
+    ("aug", "cutmix"): (0.0, _INF),
+    ("aug", "mixup_prob"): (0.0, 1.0),
+    ("aug", "mixup_switch_prob"): (0.0, 1.0),
+    ("aug", "smoothing"): (0.0, 0.999),
+    ("train", "epochs"): (1, _INF),
+    ("train", "batch_size"): (1, _INF),
+    ("train", "lr"): ("open", 0.0, _INF),
+    ("train", "lr_base_batch"): (1, _INF),
+    ("train", "min_lr"): (0.0, _INF),
+    ("train", "warmup_epochs"): (0, _INF),
+    ("train", "warmup_lr"): (0.0, _INF),
+    ("train", "opt_eps"): ("open", 0.0, _INF),
+    ("train", "weight_decay"): (0.0, _INF),
+    ("train", "clip_grad"): (0.0, _INF),
+    ("train", "grad_accum_steps"): (1, _INF),
+    ("train", "ema_decay"): (0.0, 1.0),
+    ("train", "log_interval"): (1, _INF),
+    ("train", "eval_interval"): (1, _INF),
+    ("output", "save_every_steps"): (0, _INF),
+    ("dist", "data_parallel"): (0, _INF),
+    ("dist", "tensor_parallel"): (1, _INF),
+    ("dist", "pipeline_parallel"): (1, _INF),
+}
+
+# Lists of a fixed length and element type.
+LENGTHS = {
+    ("aug", "scale"): (2, float),
+    ("aug", "ratio"): (2, float),
+    ("aug", "mean"): (3, float),
+    ("aug", "std"): (3, float),
+    ("train", "opt_betas"): (2, float),
+    ("dist", "activation_checkpointing"): (None, int),
 }

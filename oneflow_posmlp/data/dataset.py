@@ -1,6 +1,7 @@
 """ImageFolder with clear errors for bad folders, corrupt images skipped (warned and counted), and
 per-sample seeded augmentation (a sample's augmentation depends only on seed, epoch and index)."""
 import logging
+import multiprocessing
 import os
 import random
 
@@ -26,7 +27,8 @@ def check_image_folder(root):
         raise DataError(f"data folder {root} has no class sub-folders; expected {root}/<class>/<image files>")
     for c in classes:
         folder = os.path.join(root, c)
-        if not any(f.lower().endswith(IMG_EXTENSIONS) for f in os.listdir(folder)):
+        if not any(f.lower().endswith(IMG_EXTENSIONS) for _, _, files in os.walk(folder, followlinks=True)
+                   for f in files):
             raise DataError(f"class folder {folder} holds no images ({', '.join(IMG_EXTENSIONS)}); "
                             f"add images or remove the folder")
     return classes
@@ -35,7 +37,8 @@ def check_image_folder(root):
 class SafeImageFolder(ImageFolder):
     """flowvision ``ImageFolder`` that substitutes the next readable image for a corrupt one.
 
-    ``skipped`` counts the corrupt files met by this process. With ``seed`` set, the transform of sample
+    ``skipped`` counts the times a corrupt file was met (and replaced) by this process and its forked
+    DataLoader workers (a shared counter; each meeting logs a warning). With ``seed`` set, the transform of sample
     ``i`` in epoch ``e`` runs with Python/NumPy/OneFlow RNGs seeded from ``(seed, e, i)`` (and the
     caller's RNG states restored after), so augmentation does not depend on worker count or on resuming.
     """
@@ -45,7 +48,12 @@ class SafeImageFolder(ImageFolder):
         super().__init__(root, transform=transform)
         self.seed = seed
         self.epoch = 0
-        self.skipped = 0
+        self._skipped = multiprocessing.Value("q", 0)  # shared with forked DataLoader workers
+
+    @property
+    def skipped(self):
+        """Times a corrupt image was met (and replaced) so far, over the main process and its workers."""
+        return self._skipped.value
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -61,7 +69,8 @@ class SafeImageFolder(ImageFolder):
                 img, target = self._load(i)
                 break
             except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for truncated/corrupt files
-                self.skipped += 1
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
                 _log.warning("skipping corrupt image %s (%s); %d skipped so far", self.samples[i][0], err,
                              self.skipped)
         else:

@@ -1,40 +1,38 @@
-"""Train/val data loaders from a config: flowvision timm-style transforms, sharded sampling, Mixup/CutMix."""
+"""Train/val datasets and loaders from a config: ImageFolder (or the generated demo set, or synthetic tensors),
+flowvision transforms, each data-parallel rank reading only its own shard.
+
+``rank``/``world`` below are the DATA-PARALLEL rank and degree (with tensor/pipeline parallelism these differ
+from the process rank and world size). A train loader yields ``(x (b, 3, H, W) float32, y (b,) int64)``
+with ``b = train.batch_size / grad_accum_steps / world`` (every batch full: static shapes for nn.Graph); the
+global batch is the ranks' local batches concatenated, i.e. ``split(0)``. A val loader yields
+``(x, y, valid (b,) int64)`` where ``valid = 0`` marks padding, so metrics count each image once.
+"""
 import os
 
 import oneflow as flow
-from flowvision.data import Mixup, create_transform
-from flowvision.loss.cross_entropy import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from .dataset import PaddedDataset, SafeImageFolder, SyntheticDataset
+from .dataset import DataError, PaddedDataset, SafeImageFolder, SyntheticDataset
 from .demo import ensure_demo_dataset
+from .mixup import build_mixup, build_train_criterion  # noqa: F401  (re-exported: the data API)
 from .sampler import ResumableDistributedSampler
-
-
-def build_transforms(cfg, train):
-    """flowvision's ``create_transform`` with the config's recipe (RandAugment string, jitter, crop_pct...)."""
-    a, img = cfg["aug"], tuple(cfg["model"]["img_size"])
-    if train:
-        return create_transform(img, is_training=True, scale=tuple(a["scale"]), ratio=tuple(a["ratio"]),
-                                hflip=a["hflip"], color_jitter=a["color_jitter"] or None,
-                                auto_augment=a["auto_augment"] or None, interpolation=a["train_interpolation"],
-                                mean=tuple(a["mean"]), std=tuple(a["std"]), re_prob=a["reprob"],
-                                re_mode=a["remode"], re_count=a["recount"])
-    return create_transform(img, is_training=False, interpolation=a["interpolation"], mean=tuple(a["mean"]),
-                            std=tuple(a["std"]), crop_pct=a["crop_pct"])
+from .transforms import build_transforms
 
 
 def data_root(cfg):
+    """``data.root``, generating the demo set there first when ``data.demo`` is true."""
     d = cfg["data"]
     if d["root"] is None:
-        raise ValueError("data.root is not set; give an ImageFolder root (--opts data.root=/path) or set "
-                         "data.synthetic: true")
+        raise DataError("data.root is not set; give an ImageFolder root (--opts data.root=/path), use "
+                        "configs/demo.yaml, or set data.synthetic=true")
     if d["demo"]:
-        ensure_demo_dataset(d["root"])
+        ensure_demo_dataset(d["root"], train_per_class=d["demo_train_per_class"],
+                            val_per_class=d["demo_val_per_class"], size=d["demo_image_size"])
     return d["root"]
 
 
 def build_datasets(cfg):
-    """``(train_set, val_set)``; raises DataError/ValueError for missing or empty folders, before training."""
+    """``(train_set, val_set)``; raises :class:`DataError` for missing/empty folders or a class count that
+    differs from ``model.num_classes``, before any training."""
     d, m = cfg["data"], cfg["model"]
     if d["synthetic"]:
         return (SyntheticDataset(d["synthetic_size"], tuple(m["img_size"]), m["num_classes"], seed=1),
@@ -43,12 +41,17 @@ def build_datasets(cfg):
     train = SafeImageFolder(os.path.join(root, d["train_split"]), build_transforms(cfg, True), seed=cfg["train"]["seed"])
     val = SafeImageFolder(os.path.join(root, d["val_split"]), build_transforms(cfg, False))
     if len(train.classes) != m["num_classes"]:
-        raise ValueError(f"the training set has {len(train.classes)} classes but model.num_classes is "
-                         f"{m['num_classes']}; set --opts model.num_classes={len(train.classes)}")
+        raise DataError(f"the training set {train.root} has {len(train.classes)} classes but model.num_classes is "
+                        f"{m['num_classes']}; set --opts model.num_classes={len(train.classes)}")
+    if val.classes != train.classes:
+        raise DataError(f"the class folders of {val.root} ({len(val.classes)}) differ from those of {train.root} "
+                        f"({len(train.classes)}); both splits need the same class sub-folders")
     return train, val
 
 
 def local_batch_size(cfg, world):
+    """Images per rank and micro-step: ``train.batch_size / grad_accum_steps / world``; raises ValueError when
+    the global batch does not divide evenly."""
     t = cfg["train"]
     per_step = t["batch_size"] // t["grad_accum_steps"]
     if per_step % world:
@@ -57,37 +60,25 @@ def local_batch_size(cfg, world):
     return per_step // world
 
 
+def _loader(cfg, dataset, batch, sampler):
+    workers = cfg["data"]["num_workers"]
+    return flow.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=sampler.drop_last,
+                                      num_workers=workers, persistent_workers=False)
+
+
 def build_train_loader(cfg, dataset, rank=0, world=1):
+    """``(loader, sampler)`` over this rank's shard of the shuffled epoch; call ``sampler.set_epoch(epoch,
+    consumed)`` (and ``dataset.set_epoch(epoch)``) before iterating. Full batches only (drop_last)."""
     batch = local_batch_size(cfg, world)
     sampler = ResumableDistributedSampler(len(dataset), rank, world, batch, shuffle=True, drop_last=True,
                                           seed=cfg["train"]["seed"])
-    loader = flow.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
-                                        num_workers=cfg["data"]["num_workers"])
-    return loader, sampler
+    return _loader(cfg, dataset, batch, sampler), sampler
 
 
 def build_val_loader(cfg, dataset, rank=0, world=1):
+    """A loader over this rank's shard of ``dataset`` padded to whole global batches; yields ``(x, y, valid)``."""
     batch = local_batch_size(cfg, world)
     chunk = world * batch
     padded = PaddedDataset(dataset, -(-len(dataset) // chunk) * chunk)
     sampler = ResumableDistributedSampler(len(padded), rank, world, batch, shuffle=False, drop_last=False)
-    return flow.utils.data.DataLoader(padded, batch_size=batch, sampler=sampler,
-                                      num_workers=cfg["data"]["num_workers"])
-
-
-def build_mixup(cfg):
-    """flowvision Mixup/CutMix (``mode="batch"``; call it on local tensors, before ``to_global``) or None."""
-    a = cfg["aug"]
-    if a["mixup"] <= 0 and a["cutmix"] <= 0:
-        return None
-    return Mixup(mixup_alpha=a["mixup"], cutmix_alpha=a["cutmix"], prob=a["mixup_prob"],
-                 switch_prob=a["mixup_switch_prob"], mode=a["mixup_mode"], label_smoothing=a["smoothing"],
-                 num_classes=cfg["model"]["num_classes"])
-
-
-def build_train_criterion(cfg, mixup):
-    if mixup is not None:
-        return SoftTargetCrossEntropy()
-    if cfg["aug"]["smoothing"] > 0:
-        return LabelSmoothingCrossEntropy(smoothing=cfg["aug"]["smoothing"])
-    return flow.nn.CrossEntropyLoss()
+    return _loader(cfg, padded, batch, sampler)

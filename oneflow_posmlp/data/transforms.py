@@ -1,0 +1,91 @@
+"""timm-style train/eval transforms from flowvision's building blocks, driven by the config's ``aug:`` section.
+
+Train (PIL image -> ``(3, H, W)`` float tensor): RandomResizedCrop(scale, ratio, interpolation) ->
+horizontal flip -> RandAugment/AutoAugment/AugMix from the ``aug.auto_augment`` string (else ColorJitter) ->
+ToTensor -> Normalize(mean, std) -> RandomErasing(reprob, remode, recount).
+Eval: Resize(floor(size / crop_pct)) -> CenterCrop(size) -> ToTensor -> Normalize.
+
+This is flowvision's ``transforms_imagenet_train``/``transforms_imagenet_eval`` (0.2.1) with one addition:
+``train_interpolation: random`` (the official recipe, timm's ``RandomResizedCropAndInterpolation``) picks
+bilinear or bicubic per image; flowvision 0.2.1 raises ``KeyError: 'random'`` for it. As in timm, colour
+jitter is only applied when ``auto_augment`` is empty (RandAugment already varies colour).
+"""
+import random
+
+from flowvision import transforms
+from flowvision.data import create_transform
+from flowvision.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+from flowvision.data.random_erasing import RandomErasing
+from flowvision.transforms import InterpolationMode
+from flowvision.transforms import functional as F
+from flowvision.transforms.functional import str_to_pil_interp
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+TRAIN_INTERPOLATIONS = INTERPOLATIONS + ("random",)
+
+
+class RandomResizedCropAndInterpolation(transforms.RandomResizedCrop):
+    """flowvision's RandomResizedCrop; with ``interpolation="random"`` each image is resized with bilinear or
+    bicubic at random (timm's behaviour, drawn from Python's ``random``)."""
+
+    RANDOM = (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC)
+
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation="bilinear"):
+        self.random_interpolation = interpolation == "random"
+        super().__init__(size, scale=scale, ratio=ratio,
+                         interpolation=InterpolationMode.BILINEAR if self.random_interpolation
+                         else InterpolationMode(interpolation))
+
+    def forward(self, img):
+        i, j, h, w = self.get_params(img, self.scale, self.ratio)
+        mode = random.choice(self.RANDOM) if self.random_interpolation else self.interpolation
+        return F.resized_crop(img, i, j, h, w, self.size, mode)
+
+    def __repr__(self):
+        text = super().__repr__()
+        return text.replace("interpolation=bilinear", "interpolation=random") if self.random_interpolation else text
+
+
+def _auto_augment(spec, img_size, mean, interpolation):
+    """The flowvision transform for a timm augmentation string (``rand-m6-n3-mstd1.0-inc1``, ``augmix-...``,
+    ``v0``/``original``...); its hyper-parameters as timm/flowvision set them."""
+    params = dict(translate_const=int(min(img_size) * 0.45), img_mean=tuple(min(255, round(255 * x)) for x in mean))
+    if interpolation != "random":  # random: the ops draw bilinear/bicubic themselves
+        params["interpolation"] = str_to_pil_interp(interpolation)
+    if spec.startswith("rand"):
+        return rand_augment_transform(spec, params)
+    if spec.startswith("augmix"):
+        params["translate_pct"] = 0.3
+        return augment_and_mix_transform(spec, params)
+    return auto_augment_transform(spec, params)
+
+
+def build_train_transform(aug, img_size):
+    """``aug``: the config's ``aug:`` section; ``img_size``: ``[H, W]``. PIL image -> normalised ``(3, H, W)``."""
+    size = tuple(img_size)
+    ops = [RandomResizedCropAndInterpolation(size, scale=tuple(aug["scale"]), ratio=tuple(aug["ratio"]),
+                                             interpolation=aug["train_interpolation"])]
+    if aug["hflip"] > 0:
+        ops.append(transforms.RandomHorizontalFlip(p=aug["hflip"]))
+    if aug["vflip"] > 0:
+        ops.append(transforms.RandomVerticalFlip(p=aug["vflip"]))
+    if aug["auto_augment"]:
+        ops.append(_auto_augment(aug["auto_augment"], size, aug["mean"], aug["train_interpolation"]))
+    elif aug["color_jitter"] > 0:
+        ops.append(transforms.ColorJitter(*(float(aug["color_jitter"]),) * 3))
+    ops += [transforms.ToTensor(), transforms.Normalize(mean=tuple(aug["mean"]), std=tuple(aug["std"]))]
+    if aug["reprob"] > 0:
+        ops.append(RandomErasing(aug["reprob"], mode=aug["remode"], max_count=aug["recount"], device="cpu"))
+    return transforms.Compose(ops)
+
+
+def build_eval_transform(aug, img_size):
+    """flowvision's eval transform: resize to ``size / crop_pct``, centre crop ``size``, normalise."""
+    return create_transform(tuple(img_size), is_training=False, interpolation=aug["interpolation"],
+                            crop_pct=aug["crop_pct"], mean=tuple(aug["mean"]), std=tuple(aug["std"]))
+
+
+def build_transforms(cfg, train):
+    """The train (``train=True``) or eval transform of a loaded config (``aug:`` and ``model.img_size``)."""
+    build = build_train_transform if train else build_eval_transform
+    return build(cfg["aug"], cfg["model"]["img_size"])

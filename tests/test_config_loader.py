@@ -65,3 +65,29 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_parse_opts_nests_and_parses_yaml():
     assert parse_opts(["a.b=1", "a.c=[1, 2]", "d=null"]) == {"a": {"b": 1, "c": [1, 2]}, "d": None}
+
+
+def test_apply_opts_on_a_loaded_config():
+    from oneflow_posmlp.config import apply_opts
+
+    cfg = load_config("configs/posmlp_t.yaml")
+    small = apply_opts(cfg, ["model.num_classes=10", "train.batch_size=64"])
+    assert small["model"]["num_classes"] == 10 and small["model"]["embed_dims"] == [96, 192, 384, 768]
+    assert cfg["model"]["num_classes"] == 1000 and cfg["train"]["batch_size"] == 512  # not modified
+    s = apply_opts(cfg, ["model.name=posmlp_s"])  # a new name re-resolves from that registry entry
+    assert s["model"]["embed_dims"] == [128, 256, 512, 1024] and s["model"]["name"] == "posmlp_s"
+
+
+@pytest.mark.parametrize("name,lr,batch,drop_path", [("posmlp_t", 2e-3, 512, 0.1), ("posmlp_s", 1e-3, 480, 0.1),
+                                                     ("posmlp_b", 1e-3, 512, 0.3)])
+def test_shipped_recipes(name, lr, batch, drop_path):
+    cfg = load_config(f"configs/{name}.yaml")
+    t, a, m = cfg["train"], cfg["aug"], cfg["model"]
+    assert (t["lr"], t["lr_base_batch"], t["batch_size"], m["drop_path_rate"]) == (lr, batch, batch, drop_path)
+    assert (t["opt_eps"], t["weight_decay"], t["min_lr"], t["warmup_epochs"], t["warmup_lr"]) == (1e-5, 0.067, 1e-6, 10, 1e-5)
+    assert (a["auto_augment"], a["mixup"], a["cutmix"], a["mixup_switch_prob"], a["smoothing"]) == \
+        ("rand-m6-n3-mstd1.0-inc1", 0.5, 1.0, 0.5, 0.1)
+    assert (a["crop_pct"], a["train_interpolation"], t["clip_grad"], t["clip_mode"], t["ema_decay"]) == \
+        (0.9, "random", 1.0, "norm", 0.99992)
+    assert m["drop_rate"] == 0.02333 and m["name"] == name
+    assert scaled_lr(load_config(f"configs/{name}.yaml", ["train.batch_size=1024"])) == pytest.approx(lr * 1024 / batch)

@@ -37,7 +37,15 @@ def _merge(base, override, where):
                 raise ConfigError(f"config key '{path}' must be a mapping of keys, got {value!r}")
             _merge(base[key], value, path)
         else:
-            base[key] = _check_value(path, base[key], value)
+            base[key] = _check_value(path, _schema_default(path), value)
+
+
+def _schema_default(path):
+    """The schema default of a dotted key (types come from the schema, not from the value a file set)."""
+    node = DEFAULTS
+    for part in path.split("."):
+        node = node[part]
+    return node
 
 
 def _type_name(default):

@@ -11,6 +11,7 @@ bilinear or bicubic per image; flowvision 0.2.1 raises ``KeyError: 'random'`` fo
 jitter is only applied when ``auto_augment`` is empty (RandAugment already varies colour).
 """
 import random
+import warnings
 
 from flowvision import transforms
 from flowvision.data import create_transform
@@ -81,8 +82,10 @@ def build_train_transform(aug, img_size):
 
 def build_eval_transform(aug, img_size):
     """flowvision's eval transform: resize to ``size / crop_pct``, centre crop ``size``, normalise."""
-    return create_transform(tuple(img_size), is_training=False, interpolation=aug["interpolation"],
-                            crop_pct=aug["crop_pct"], mean=tuple(aug["mean"]), std=tuple(aug["std"]))
+    with warnings.catch_warnings():  # flowvision 0.2.1 passes PIL ints to its own Resize, which warns
+        warnings.filterwarnings("ignore", "Argument interpolation should be of type InterpolationMode")
+        return create_transform(tuple(img_size), is_training=False, interpolation=aug["interpolation"],
+                                crop_pct=aug["crop_pct"], mean=tuple(aug["mean"]), std=tuple(aug["std"]))
 
 
 def build_transforms(cfg, train):

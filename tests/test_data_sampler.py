@@ -39,3 +39,30 @@ def test_batch_not_divisible_by_data_parallel_degree():
     with pytest.raises(ValueError, match="not divisible by the 4 data-parallel ranks"):
         local_batch_size(cfg, 4)
     assert local_batch_size(cfg, 2) == 5
+
+
+def test_orders_of_neighbouring_seeds_and_epochs_differ():
+    a = ResumableDistributedSampler(64, batch_size=4, seed=1)  # seed 1 epoch 0 vs seed 0 epoch 1
+    b = ResumableDistributedSampler(64, batch_size=4, seed=0)
+    b.set_epoch(1)
+    assert list(a) != list(b)
+
+
+def test_len_matches_iteration_for_every_rank():
+    for drop_last, shuffle in ((True, True), (False, False)):
+        for r in range(3):
+            s = ResumableDistributedSampler(23, r, 3, batch_size=2, shuffle=shuffle, drop_last=drop_last)
+            assert len(s) == len(list(s))
+
+
+def test_mid_epoch_resume_with_another_layout_is_refused():
+    s = ResumableDistributedSampler(40, 0, 2, batch_size=4, seed=9)
+    s.set_epoch(1, consumed=8)
+    state = s.state_dict()
+    other = ResumableDistributedSampler(40, 0, 4, batch_size=2, seed=9)
+    with pytest.raises(ValueError, match="saved with world=2, batch_size=4 but this run has world=4, batch_size=2"):
+        other.load_state_dict(state)
+    other.load_state_dict(dict(state, consumed=0))  # an epoch boundary is fine
+    assert other.epoch == 1 and other.consumed == 0
+    with pytest.raises(ValueError, match="outside this rank's shard"):
+        s.set_epoch(0, consumed=999)

@@ -54,3 +54,27 @@ def test_padded_dataset_marks_padding(demo_root):
     padded = PaddedDataset(ds, 11)
     assert len(padded) == 11
     assert [padded[i][2] for i in range(11)] == [1] * len(ds) + [0] * (11 - len(ds))
+
+
+def test_corrupt_images_met_in_worker_processes_are_counted(tmp_path, demo_root):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(f"{demo_root}/train", root)
+    garbage, truncated = sorted((root / "square").iterdir())[:2]
+    garbage.write_bytes(b"\xff\xd8 not really a jpeg")
+    truncated.write_bytes(truncated.read_bytes()[:200])  # a JPEG cut short, as by an interrupted copy
+    cfg = load_config("configs/demo.yaml")
+    ds = SafeImageFolder(str(root), build_transforms(cfg, False))
+    loader = flow.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+    n = sum(x.shape[0] for x, _ in loader)
+    assert n == len(ds) and ds.skipped == 2  # every item delivered; both bad files counted in the parent
+
+
+def test_a_folder_of_only_corrupt_files_is_an_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(b"")
+    ds = SafeImageFolder(str(tmp_path))
+    with pytest.raises(DataError, match="no readable image .* all 1 files failed to decode"):
+        ds[0]
+    assert ds.skipped == 1

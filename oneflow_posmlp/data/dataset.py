@@ -35,12 +35,14 @@ def check_image_folder(root):
 
 
 class SafeImageFolder(ImageFolder):
-    """flowvision ``ImageFolder`` that substitutes the next readable image for a corrupt one.
+    """flowvision ``ImageFolder`` that substitutes the next readable image (with its own label) for a corrupt one.
 
-    ``skipped`` counts the times a corrupt file was met (and replaced) by this process and its forked
-    DataLoader workers (a shared counter; each meeting logs a warning). With ``seed`` set, the transform of sample
-    ``i`` in epoch ``e`` runs with Python/NumPy/OneFlow RNGs seeded from ``(seed, e, i)`` (and the
-    caller's RNG states restored after), so augmentation does not depend on worker count or on resuming.
+    A file PIL cannot decode (garbage, truncated, empty) is logged as a warning once per process and marked
+    in a flag array shared with forked DataLoader workers; marked files are passed over without decoding
+    again. ``skipped`` is the number of distinct corrupt files met so far (parent and workers together).
+    Batches keep their size, so shapes stay static. With ``seed`` set, the transform of sample ``i`` in
+    epoch ``e`` runs with Python/NumPy/OneFlow RNGs seeded from ``(seed, e, i)`` (and the caller's RNG
+    states restored after), so augmentation does not depend on worker count or on resuming.
     """
 
     def __init__(self, root, transform=None, seed=None):
@@ -48,12 +50,12 @@ class SafeImageFolder(ImageFolder):
         super().__init__(root, transform=transform)
         self.seed = seed
         self.epoch = 0
-        self._skipped = multiprocessing.Value("q", 0)  # shared with forked DataLoader workers
+        self._bad = multiprocessing.RawArray("b", len(self.samples))  # 1 = corrupt; shared with forked workers
 
     @property
     def skipped(self):
-        """Times a corrupt image was met (and replaced) so far, over the main process and its workers."""
-        return self._skipped.value
+        """Distinct corrupt images met so far, over the main process and its DataLoader workers."""
+        return int(np.frombuffer(self._bad, dtype=np.int8).sum())
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -65,16 +67,17 @@ class SafeImageFolder(ImageFolder):
     def __getitem__(self, index):
         for attempt in range(len(self.samples)):
             i = (index + attempt) % len(self.samples)
+            if self._bad[i]:
+                continue
             try:
                 img, target = self._load(i)
                 break
             except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for truncated/corrupt files
-                with self._skipped.get_lock():
-                    self._skipped.value += 1
-                _log.warning("skipping corrupt image %s (%s); %d skipped so far", self.samples[i][0], err,
-                             self.skipped)
+                self._bad[i] = 1
+                _log.warning("skipping corrupt image %s (%s: %s); %d skipped so far", self.samples[i][0],
+                             type(err).__name__, err, self.skipped)
         else:
-            raise DataError(f"no readable image in {self.root}")
+            raise DataError(f"no readable image in {self.root}: all {len(self.samples)} files failed to decode")
         if self.transform is not None:
             img = self._seeded(index, self.transform, img)
         return img, target

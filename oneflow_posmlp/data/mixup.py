@@ -4,7 +4,8 @@ Use on each rank's LOCAL batch, before ``to_global``: ``x, soft = mixup(x, y)`` 
 float and ``y`` ``(B,)`` int64 -> ``x`` mixed in place and ``soft`` ``(B, num_classes)`` float (label smoothing
 folded in). ``B`` must be even. Only ``mode="batch"`` is allowed (one lambda per batch, as the official runs):
 flowvision 0.2.1's ``elem``/``pair`` modes call ``np.bool``, which numpy >= 1.24 removed. The lambda and
-the cutmix box come from NumPy's global RNG: seed it per rank, and save its state for an exact resume.
+the cutmix box come from NumPy's global RNG: seed it (the same seed on every rank gives every rank the
+same lambda) and save its state for an exact resume.
 """
 import oneflow as flow
 from flowvision.data import Mixup

@@ -35,3 +35,49 @@ def test_second_call_reuses_and_incomplete_is_not_mistaken(tmp_path):
         assert "not a complete demo data set" in str(err)
     else:
         raise AssertionError("a half-written folder must not be taken for the demo set")
+
+
+def _generate(root, queue):
+    try:
+        ensure_demo_dataset(root, train_per_class=20, val_per_class=5, log=lambda *_: None)
+        queue.put("ok")
+    except Exception as err:  # reported to the test
+        queue.put(repr(err))
+
+
+def test_ranks_generating_at_once_agree(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    root = str(tmp_path / "shared")
+    procs = [ctx.Process(target=_generate, args=(root, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert sorted(queue.get(timeout=5) for _ in procs) == ["ok"] * 3
+    assert sorted(os.listdir(tmp_path)) == ["shared"]  # no temporary folder left behind
+    assert len(os.listdir(os.path.join(root, "train", "cross"))) == 20
+
+
+def test_killed_generation_is_redone_and_its_leftovers_removed(tmp_path):
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    stale = tmp_path / f"d.tmp-{socket.gethostname()}-{dead.pid}"
+    (stale / "train" / "circle").mkdir(parents=True)
+    ensure_demo_dataset(tmp_path / "d", train_per_class=1, val_per_class=1, log=lambda *_: None)
+    assert sorted(os.listdir(tmp_path)) == ["d"]
+
+
+def test_a_demo_set_of_other_parameters_is_not_reused(tmp_path):
+    import pytest
+
+    from oneflow_posmlp.data import DataError
+
+    ensure_demo_dataset(tmp_path / "d", train_per_class=1, val_per_class=1, log=lambda *_: None)
+    with pytest.raises(DataError, match="holds a demo data set of other parameters"):
+        ensure_demo_dataset(tmp_path / "d", train_per_class=2, val_per_class=1, log=lambda *_: None)

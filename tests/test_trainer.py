@@ -103,7 +103,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(trained, tiny_demo_root, t
 @pytest.mark.parametrize("opts,needle", [
     (["data.root=/nonexistent/imagenet", "data.demo=false"], "data folder /nonexistent/imagenet/train does not exist"),
     (["train.optimizr=sgd"], "did you mean 'train.optimizer'"),
-    (["model.num_classes=7"], "the training set has 4 classes but model.num_classes is 7"),
+    (["model.num_classes=7"], "has 4 classes but model.num_classes is 7; set --opts model.num_classes=4"),
 ])
 def test_cli_bad_input_is_one_clear_line_before_training(tiny_demo_root, tmp_path, opts, needle):
     base = tiny_train_opts(tiny_demo_root)

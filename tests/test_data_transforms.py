@@ -25,9 +25,11 @@ def test_official_train_recipe_builds_and_outputs_normalised_tensors():
     names = [type(op).__name__ for op in t.transforms]
     assert names == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment", "ToTensor",
                      "Normalize"]
+    random.seed(0)
+    np.random.seed(0)
     x = t(image())
     assert tuple(x.shape) == (3, 32, 32) and x.dtype.__str__().endswith("float32")
-    assert float(x.min()) < -0.5 and float(x.max()) > 0.5  # normalised, not [0, 1]
+    assert float(x.min()) < 0 and float(x.std()) > 0.1  # normalised (not [0, 1]) and not a blank image
 
 
 def test_random_interpolation_draws_bilinear_and_bicubic():

@@ -169,6 +169,10 @@ class Trainer:
         start = time.time()
         while self.epoch < epochs:
             train_loss = self.train_one_epoch()
+            if self.ctx.distributed:  # timm's dist_bn "reduce": one set of BatchNorm statistics for all ranks
+                sums = [self.ctx.average_buffers(m) for m in (self.model, self.ema and self.ema.module) if m]
+                self.log.info(f"epoch {self.epoch}: buffers averaged over {self.ctx.world} ranks "
+                              f"(checksum {sum(sums):.6f})")
             row = {"epoch": self.epoch, "train_loss": train_loss}
             if (self.epoch + 1) % self.cfg["train"]["eval_interval"] == 0 or self.epoch + 1 == epochs:
                 row.update(self._evaluate_and_log())

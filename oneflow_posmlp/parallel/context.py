@@ -62,6 +62,25 @@ class ParallelContext:
             return type(obj)(self.to_local(v) for v in obj)
         return obj
 
+    def average_buffers(self, module):
+        """Average float buffers (BatchNorm running statistics) over the ranks, in place.
+
+        Under data parallelism BatchNorm normalises each rank's shard with its own batch statistics (as DDP
+        without SyncBN, the official setting) so every rank's running statistics drift apart; timm's
+        ``dist_bn: reduce`` (the official config) averages them after each epoch. Returns a checksum.
+        """
+        total = 0.0
+        for buf in module.buffers():
+            if not buf.dtype.is_floating_point:
+                continue
+            local = buf.to_local() if buf.is_global else buf
+            if self.distributed:
+                reduced = local.clone()
+                flow.comm.all_reduce(reduced)
+                local.copy_(reduced / self.world)
+            total += float(local.abs().sum().numpy())
+        return total
+
     def barrier(self):
         if self.distributed:
             flow.comm.barrier()

@@ -78,3 +78,11 @@ def test_bad_data_is_named_before_training(cfg, tmp_path):
                                                          "data.demo_train_per_class=6", "data.demo_val_per_class=3"]))
     with pytest.raises(ValueError, match="not divisible by the 3 data-parallel ranks"):
         build_train_loader(cfg, build_datasets(cfg)[0], 0, 3)
+
+
+def test_mixup_with_an_odd_local_batch_is_refused_before_training(cfg):
+    train, _ = build_datasets(cfg)
+    odd = dict(cfg, train=dict(cfg["train"], batch_size=6), aug=dict(cfg["aug"], mixup=0.8))
+    with pytest.raises(ValueError, match="Mixup/CutMix needs an even batch per rank, .* = 3; use a multiple of 4"):
+        build_train_loader(odd, train, 0, 2)
+    build_train_loader(dict(odd, aug=dict(odd["aug"], mixup=0.0)), train, 0, 2)  # fine without mixup

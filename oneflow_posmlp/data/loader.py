@@ -70,6 +70,11 @@ def build_train_loader(cfg, dataset, rank=0, world=1):
     """``(loader, sampler)`` over this rank's shard of the shuffled epoch; call ``sampler.set_epoch(epoch,
     consumed)`` (and ``dataset.set_epoch(epoch)``) before iterating. Full batches only (drop_last)."""
     batch = local_batch_size(cfg, world)
+    if batch % 2 and build_mixup(cfg) is not None:
+        t = cfg["train"]
+        raise ValueError(f"Mixup/CutMix needs an even batch per rank, but train.batch_size {t['batch_size']} / "
+                         f"grad_accum_steps {t['grad_accum_steps']} / {world} rank(s) = {batch}; use a multiple of "
+                         f"{2 * world * t['grad_accum_steps']} or set aug.mixup=0 aug.cutmix=0")
     sampler = ResumableDistributedSampler(len(dataset), rank, world, batch, shuffle=True, drop_last=True,
                                           seed=cfg["train"]["seed"])
     return _loader(cfg, dataset, batch, sampler), sampler

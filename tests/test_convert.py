@@ -121,15 +121,28 @@ def test_cli_refuses_hostile_checkpoint_without_running_it(tmp_path):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("kind", ["truncated", "not_a_checkpoint"])
-def test_cli_broken_input_is_a_short_error(tmp_path, kind):
+@pytest.mark.parametrize("kind,needle", [("truncated", "truncated"), ("not_a_checkpoint", "not a PyTorch checkpoint"),
+                                         ("missing_storage", "is missing from the zip"),
+                                         ("shape_mismatch", "shape mismatch: patch_embed.projs.0.weight")])
+def test_cli_broken_input_is_a_short_error(tmp_path, kind, needle):
     src = tmp_path / "broken.pth.tar"
+    extra = []
     if kind == "truncated":
         data = (REFERENCE / "tiny_lrpe.pth.tar").read_bytes()
         src.write_bytes(data[: len(data) // 3])
-    else:
+    elif kind == "not_a_checkpoint":
         src.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
-    res = run_tool("--src", src, "--dst", tmp_path / "out")
-    assert res.returncode == 2 and res.last_err.startswith("error: ") and "Traceback" not in res.stderr
-    assert ("truncated" in res.last_err) if kind == "truncated" else ("not a PyTorch checkpoint" in res.last_err)
+    elif kind == "missing_storage":
+        with zipfile.ZipFile(REFERENCE / "tiny_lrpe.pth.tar") as zin, zipfile.ZipFile(src, "w") as zout:
+            victim = [n for n in zin.namelist() if "/data/" in n and not n.endswith(".pkl")][3]
+            for item in zin.infolist():
+                if item.filename != victim:
+                    zout.writestr(item, zin.read(item.filename))
+    else:
+        src = REFERENCE / "tiny_lrpe.pth.tar"
+        extra = ["--model", "posmlp_t"]
+    res = run_tool("--src", src, "--dst", tmp_path / "out", *extra)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert needle in res.stderr and res.stderr.count("error: ") == 1  # one message (a mismatch lists its keys)
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
     assert not (tmp_path / "out").exists()

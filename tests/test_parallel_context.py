@@ -7,41 +7,13 @@ running statistics are then averaged over the ranks after each epoch (timm's dis
 """
 import os
 import re
-import socket
-import subprocess
-import sys
 
-import numpy as np
-import oneflow as flow
 import pytest
 
-from conftest import tiny_train_opts
+from launch import max_state_diff, train, updates
 from oneflow_posmlp.parallel import LayoutError, ParallelContext
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.distributed
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def train(root, out, ranks, *opts):
-    cmd = [sys.executable]
-    if ranks > 1:
-        cmd += ["-m", "oneflow.distributed.launch", "--nproc_per_node", str(ranks), "--master_port", str(free_port())]
-    cmd += [os.path.join(ROOT, "tools", "train.py"), "-c", "configs/demo.yaml", "--output", str(out), "--opts",
-            *tiny_train_opts(root, **{"train.epochs": 1, "data.limit_train_batches": 3, "train.ema": "false"}), *opts]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res
-
-
-def updates(out):
-    text = open(os.path.join(out, "log_rank0.txt")).read()
-    return re.findall(r"update (\d+): loss ([\d.]+) lr \S+ grad_norm ([\d.]+)", text)
 
 
 def test_two_rank_data_parallel_equals_one_rank(tiny_demo_root, tmp_path):
@@ -49,9 +21,7 @@ def test_two_rank_data_parallel_equals_one_rank(tiny_demo_root, tmp_path):
     train(tiny_demo_root, tmp_path / "two", 2, "model.stem_norm=LN")
     one, two = updates(tmp_path / "one"), updates(tmp_path / "two")
     assert len(one) == 3 and one == two  # loss and grad norm, as logged (4 decimals), at every update
-    a, b = flow.load(str(tmp_path / "one" / "last")), flow.load(str(tmp_path / "two" / "last"))
-    worst = max(np.abs(v.numpy().astype(np.float64) - b["model"][k].numpy()).max() for k, v in a["model"].items())
-    assert worst <= 1e-6
+    assert max_state_diff(tmp_path / "one" / "last", tmp_path / "two" / "last") <= 1e-6
     assert "on 2 rank(s)" in open(tmp_path / "two" / "log_rank0.txt").read()
     assert os.path.isfile(tmp_path / "two" / "log_rank1.txt")  # every rank logs to its own file
 

@@ -18,21 +18,20 @@ def main(argv=None):
     def go():
         import oneflow as flow
 
-        from oneflow_posmlp.checkpoint.convert import load_into_model
         from oneflow_posmlp.checkpoint.oneflow_io import load_oneflow_weights
         from oneflow_posmlp.config import load_config
         from oneflow_posmlp.engine import Trainer
 
         cfg = load_config(args.config, list(args.opts) + ["train.ema=false", "log.tensorboard=false", "log.csv=false"])
-        trainer = Trainer(cfg)
-        state = flow.load(args.weights) if args.ema else None
         if args.ema:
+            state = flow.load(args.weights)
             if not isinstance(state, dict) or state.get("ema") is None:
                 raise oneflow_posmlp.checkpoint.CheckpointError(f"--ema: {args.weights} holds no EMA weights")
             weights = state["ema"]
         else:
             weights = load_oneflow_weights(args.weights)
-        load_into_model(trainer.model, {k: v.numpy() for k, v in weights.items()})
+        # loaded into the local model before it becomes global, so a checkpoint of any layout evaluates in any other
+        trainer = Trainer(cfg, weights={k: v.numpy() for k, v in weights.items()})
         res = trainer.evaluate()
         if trainer.ctx.is_main:
             print(json.dumps({"top1": round(res["top1"], 3), "top5": round(res["top5"], 3),

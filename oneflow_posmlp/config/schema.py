@@ -60,12 +60,16 @@ DEFAULTS = {
         "weight_decay": 0.067,
         "clip_grad": 1.0,        # max global grad norm; 0 disables
         "clip_mode": "norm",
+        "clip_scope": "auto",    # global: one norm over all parameters (timm); group: per optimizer parameter group
+                                 # (what an nn.Graph does in OneFlow 0.9); auto: group in graph, global in eager
         "grad_accum_steps": 1,   # micro-batches per optimizer step (also the pipeline micro-batches)
         "amp": False,            # CUDA only: autocast + dynamic loss scaling
         "ema": True,             # keep an EMA of the weights and evaluate it too
         "ema_decay": 0.99992,
         "seed": 42,
-        "graph": False,          # nn.Graph-compiled steps (issue #4's graphs); eager otherwise
+        "graph": False,          # nn.Graph-compiled train/eval steps; eager otherwise
+        "scheduler": "auto",     # timm (flowvision CosineLRScheduler) | oneflow (WarmupLR+CosineDecayLR, runs in a
+                                 # graph) | auto: oneflow in graph, timm in eager (engine/schedule.py)
         "log_interval": 50,      # optimizer steps between console/TensorBoard scalars
         "eval_interval": 1,      # epochs between evaluations
     },
@@ -93,6 +97,8 @@ NULLABLE = {("data", "root"): str}
 CHOICES = {
     ("train", "optimizer"): ("adamw",),
     ("train", "clip_mode"): ("norm",),
+    ("train", "clip_scope"): ("auto", "global", "group"),
+    ("train", "scheduler"): ("auto", "timm", "oneflow"),
     ("aug", "mixup_mode"): ("batch",),
     ("aug", "remode"): ("pixel", "rand", "const"),
     ("aug", "train_interpolation"): ("random", "bilinear", "bicubic", "nearest"),

@@ -7,9 +7,8 @@ norm, not by one norm over all groups: ``tests/test_graph.py`` shows the differe
 ZeRO sharding of optimizer state, activation checkpointing per level. A graph needs static input shapes:
 train loaders drop the last batch, eval loaders pad.
 
-Status: used by ``tools/benchmark.py`` and held to the eager step by ``tests/test_graph.py``; the trainer does
-not run graphs yet (``train.graph`` is refused there), because the timm-style cosine schedule it uses is a
-Python scheduler that a graph cannot run.
+Used by the trainer (``train.graph: true``) and ``tools/benchmark.py``; held to the eager step by
+``tests/test_graph.py``. The lr schedule inside the graph is OneFlow's (``engine/schedule.py``).
 """
 import logging
 import time
@@ -36,10 +35,12 @@ class TrainGraph(nn.Graph):
     """``graph(x, y) -> loss``: one compiled training step (or ``grad_accum`` micro-batches of one step)."""
 
     def __init__(self, model, criterion, optimizer, lr_scheduler=None, grad_accum=1, amp=False, zero_stage=0,
-                 checkpoint_levels=False):
+                 checkpoint_levels=(), ctx=None):
         super().__init__()
         self.model = model
         self.criterion = criterion
+        if ctx is not None:
+            ctx.set_graph_stages(self.model)  # pipeline parallel: a stage (and placement) per part of the model
         self.add_optimizer(optimizer, lr_sch=lr_scheduler)
         if grad_accum > 1:
             self.config.set_gradient_accumulation_steps(grad_accum)
@@ -49,9 +50,8 @@ class TrainGraph(nn.Graph):
                                                      growth_interval=2000))
         if zero_stage:
             self.config.enable_zero(True, stage=zero_stage)
-        if checkpoint_levels:
-            for level in model.levels:
-                level.to(nn.graph.GraphModule).activation_checkpointing = True
+        for i in checkpoint_levels:  # recompute these levels' activations in the backward pass
+            getattr(self.model.levels, str(i)).to(nn.graph.GraphModule).activation_checkpointing = True
         self.compile_seconds = None
 
     def build(self, x, y):
@@ -72,11 +72,50 @@ class TrainGraph(nn.Graph):
 class EvalGraph(nn.Graph):
     """``graph(x) -> logits`` in eval mode, sharing the module (and so the weights) with a train graph."""
 
-    def __init__(self, model, amp=False):
+    def __init__(self, model, amp=False, ctx=None):
         super().__init__()
         self.model = model
+        if ctx is not None:
+            ctx.set_graph_stages(self.model)
         if amp:
             self.config.enable_amp(True)
 
     def build(self, x):
         return self.model(x)
+
+
+TRAIN_STEP = "System-Train-TrainStep"
+
+
+def _param_names(model, optimizer):
+    """Parameter names in the optimizer's index order (the keys of ``optimizer.state_dict()['state']``)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group.parameters]
+
+
+def graph_optimizer_state(graph, model, optimizer, step):
+    """The AdamW moments a compiled :class:`TrainGraph` holds (``model.<param>-m`` / ``-v``), as an eager
+    ``optimizer.state_dict()``: checkpoints of graph and eager runs have one format and load into either."""
+    held = graph.state_dict()
+    state = {"step": int(step)}
+    for i, name in enumerate(_param_names(model, optimizer)):
+        m, v = held.get(f"model.{name}-m"), held.get(f"model.{name}-v")
+        if m is not None and v is not None:
+            state[i] = {"exp_avg": m, "exp_avg_sq": v}
+    return {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}
+
+
+def load_graph_optimizer_state(graph, model, optimizer, opt_state, step_placement=None):
+    """Give a not yet compiled :class:`TrainGraph` the moments and step of an eager-format optimizer state
+    (whose tensors already have their parameters' placement and SBP)."""
+    names = _param_names(model, optimizer)
+    tensors = {}
+    for idx, st in opt_state["state"].items():
+        if isinstance(st, dict):
+            tensors[f"model.{names[int(idx)]}-m"] = st["exp_avg"]
+            tensors[f"model.{names[int(idx)]}-v"] = st["exp_avg_sq"]
+    step = flow.tensor([int(opt_state["state"].get("step", 0))], dtype=flow.int64)
+    if step_placement is not None:
+        step = step.to_global(placement=step_placement, sbp=flow.sbp.broadcast)
+    tensors[TRAIN_STEP] = step
+    graph.load_state_dict(tensors, strict=False)

@@ -27,9 +27,10 @@ def set_rng_state(state):
 def save_training_state(path, state, ctx):
     """``state`` (model/ema/optimizer state dicts, scheduler, scaler, counters, RNG, sampler, config) to the
     directory ``path``: written by rank 0 under a temporary name, then renamed; other ranks wait."""
+    state = ctx.gather(state)  # a collective: every rank takes part, rank 0 writes
     if ctx.is_main:
         with atomic_path(path) as tmp:
-            flow.save(ctx.to_local(state), tmp)
+            flow.save(state, tmp)
     ctx.barrier()
 
 

@@ -11,18 +11,19 @@ import time
 
 import numpy as np
 import oneflow as flow
-from flowvision.scheduler import CosineLRScheduler
 from flowvision.utils.model_ema import ModelEmaV2
 
 from ..checkpoint.convert import load_into_model
 from ..checkpoint.oneflow_io import load_oneflow_weights
-from ..config import dump_config, scaled_lr
+from ..config import ConfigError, dump_config, scaled_lr
 from ..data import build_datasets, build_mixup, build_train_criterion, build_train_loader, build_val_loader
 from ..models import build_model
-from ..parallel import LayoutError, ParallelContext
+from ..parallel import ParallelContext
+from .graph import EvalGraph, TrainGraph, graph_optimizer_state, load_graph_optimizer_state
 from .logger import CsvLog, TensorBoardWriter, setup_logging
 from .loss_scaler import DynamicLossScaler, autocast
 from .metrics import EvalMeter
+from .schedule import build_scheduler, resolve_scheduler_kind
 from .state import load_training_state, rng_state, save_training_state, set_rng_state
 
 
@@ -51,22 +52,23 @@ class Trainer:
 
     ``resume``: a training checkpoint directory (``OUTPUT/last``) or ``"auto"`` (``OUTPUT/last`` if present).
     ``init``: converted weights to start from (``tools/convert_torch_weights.py`` output), head may differ.
+    ``weights``: ``{name: array}`` to load strictly (evaluation of a checkpoint in any layout).
     """
 
-    def __init__(self, cfg, output_dir=None, resume=None, init=None):
+    def __init__(self, cfg, output_dir=None, resume=None, init=None, weights=None):
         self.cfg = cfg
         t = cfg["train"]
         self.ctx = ParallelContext(cfg["dist"])
-        if t["graph"]:
-            raise LayoutError("train.graph: nn.Graph-compiled training steps are not implemented yet (issue #4); "
-                              "use train.graph=false")
+        self.graph = t["graph"]
+        self.clip_scope = _check_graph_options(t)
         self.out = output_dir or cfg["output"]["dir"]
         self.log = setup_logging(self.out, self.ctx.rank)
         self._seed(t["seed"])
 
         self.train_set, self.val_set = build_datasets(cfg)
-        self.train_loader, self.sampler = build_train_loader(cfg, self.train_set, self.ctx.rank, self.ctx.world)
-        self.val_loader = build_val_loader(cfg, self.val_set, self.ctx.rank, self.ctx.world)
+        self.train_loader, self.sampler = build_train_loader(cfg, self.train_set, self.ctx.data_rank,
+                                                              self.ctx.data_parallel)
+        self.val_loader = build_val_loader(cfg, self.val_set, self.ctx.data_rank, self.ctx.data_parallel)
         self.mixup = build_mixup(cfg)
         self.criterion = build_train_criterion(cfg, self.mixup)
         self.eval_criterion = flow.nn.CrossEntropyLoss(reduction="none")
@@ -74,6 +76,8 @@ class Trainer:
         self.model = build_model(cfg["model"])
         if init:
             self._load_init(init)
+        if weights is not None:  # {name: array}, loaded strictly (tools/eval.py), before the model goes global
+            load_into_model(self.model, weights)
         resume_path = self._resume_path(resume)
         state = load_training_state(resume_path, cfg) if resume_path else None
         if state:
@@ -89,13 +93,20 @@ class Trainer:
         self.updates_per_epoch = max(self._batches_per_epoch() // self.accum, 1)
         self.lr = scaled_lr(cfg)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = flow.optim.AdamW(param_groups(self.model, t["weight_decay"]), lr=self.lr,
-                                          betas=tuple(t["opt_betas"]), eps=t["opt_eps"])
-        self.scheduler = CosineLRScheduler(
-            self.optimizer, t_initial=t["epochs"] * self.updates_per_epoch, lr_min=t["min_lr"],
-            warmup_t=t["warmup_epochs"] * self.updates_per_epoch, warmup_lr_init=t["warmup_lr"], t_in_epochs=False)
+        groups = param_groups(self.model, t["weight_decay"])
+        if self.graph and t["clip_grad"] > 0:  # clipping inside the graph, by each group's norm
+            for g in groups:
+                g.update(clip_grad_max_norm=float(t["clip_grad"]), clip_grad_norm_type=2.0)
+        self.optimizer = flow.optim.AdamW(groups, lr=self.lr, betas=tuple(t["opt_betas"]), eps=t["opt_eps"])
+        self.scheduler = build_scheduler(self.optimizer, t, self.lr, self.updates_per_epoch)
         self.amp = t["amp"] and self.ctx.device == "cuda"
-        self.scaler = DynamicLossScaler(enabled=self.amp)
+        self.scaler = DynamicLossScaler(enabled=self.amp and not self.graph)
+        self.train_graph = self.eval_graphs = None
+        if self.graph:
+            self.train_graph = TrainGraph(self.model, self.criterion, self.optimizer, self.scheduler.native,
+                                          grad_accum=self.accum, amp=self.amp, zero_stage=cfg["dist"]["zero_stage"],
+                                          checkpoint_levels=cfg["dist"]["activation_checkpointing"], ctx=self.ctx)
+            self.eval_graphs = {}
 
         self.epoch = self.batch_in_epoch = self.updates = 0
         self.loss_sum = self.loss_count = 0.0
@@ -108,8 +119,8 @@ class Trainer:
             else None
         params = sum(p.numel() for p in self.model.parameters())
         self.log.info(f"model {cfg['model'].get('name') or 'custom'}: {params:,} parameters; {len(self.train_set)} "
-                      f"train / {len(self.val_set)} val images; global batch {t['batch_size']} on {self.ctx.world} "
-                      f"rank(s) ({self.ctx.device}); lr {self.lr:.3g}; {self.updates_per_epoch} updates/epoch")
+                      f"train / {len(self.val_set)} val images; global batch {t['batch_size']} on "
+                      f"{self.ctx.describe()}; lr {self.lr:.3g}; {self.updates_per_epoch} updates/epoch")
         if self.tb:
             self.tb.add_text("config", "```\n" + dump_config(cfg) + "\n```", 0)
 
@@ -138,14 +149,19 @@ class Trainer:
 
     def _restore(self, state, path):
         opt_state = state["optimizer"]
-        if self.ctx.distributed:
-            opt_state = _to_global(opt_state, self.ctx)
-        self.optimizer.load_state_dict(opt_state)
-        self.scheduler.load_state_dict(state["scheduler"])
+        opt_state = self.ctx.optimizer_state_to_global(opt_state, self.optimizer)
+        if self.graph:  # the graph holds the moments and the step; it takes them before its first call
+            load_graph_optimizer_state(self.train_graph, self.model, self.optimizer, opt_state,
+                                       self.ctx.all_placement)
+        else:
+            self.optimizer.load_state_dict(opt_state)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch, self.updates = state["epoch"], state["batch_in_epoch"], state["updates"]
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
         self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
+        # the schedule is rebuilt from the config and moved to the saved update (it is a function of the update
+        # number): an unchanged config continues exactly, a longer train.epochs extends the cosine
+        self.scheduler.step_update(self.updates)
         set_rng_state(state["rng"][self.ctx.rank] if isinstance(state["rng"], list) else state["rng"])
         self.log.info(f"resumed from {path}: epoch {self.epoch}, batch {self.batch_in_epoch}, update {self.updates}")
 
@@ -153,7 +169,9 @@ class Trainer:
     def state(self):
         return {
             "model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizer": (graph_optimizer_state(self.train_graph, self.model, self.optimizer, self.updates)
+                          if self.graph else self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "updates": self.updates, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
             "best_top1": self.best_top1, "best_epoch": self.best_epoch, "rng": rng_state(),
@@ -169,9 +187,9 @@ class Trainer:
         start = time.time()
         while self.epoch < epochs:
             train_loss = self.train_one_epoch()
-            if self.ctx.distributed:  # timm's dist_bn "reduce": one set of BatchNorm statistics for all ranks
+            if self.ctx.data_parallel > 1:  # timm's dist_bn "reduce": one set of BatchNorm statistics for all ranks
                 sums = [self.ctx.average_buffers(m) for m in (self.model, self.ema and self.ema.module) if m]
-                self.log.info(f"epoch {self.epoch}: buffers averaged over {self.ctx.world} ranks "
+                self.log.info(f"epoch {self.epoch}: buffers averaged over {self.ctx.data_parallel} ranks "
                               f"(checksum {sum(sums):.6f})")
             row = {"epoch": self.epoch, "train_loss": train_loss}
             if (self.epoch + 1) % self.cfg["train"]["eval_interval"] == 0 or self.epoch + 1 == epochs:
@@ -204,6 +222,7 @@ class Trainer:
                              ctx.is_main and self.cfg["log"]["progress"])
         data_start = time.time()
         window_start, window_images = time.time(), 0
+        micro = []
         while self.batch_in_epoch < total:
             try:
                 x, y = next(batches)
@@ -212,16 +231,26 @@ class Trainer:
             data_time = time.time() - data_start
             if self.mixup is not None:
                 x, y = self.mixup(x, y)  # on local tensors, before to_global
-            x, y = ctx.to_global_batch(x, y)
-            with autocast(self.amp, ctx.device):
-                loss = self.criterion(self.model(x), y)
-            self.scaler.scale_loss(loss / self.accum).backward()
-            loss_value = float(loss.numpy())
-            self.loss_sum += loss_value
-            self.loss_count += 1
             self.batch_in_epoch += 1
-            window_images += local_batch * ctx.world
+            window_images += local_batch * ctx.data_parallel
             progress.update(1)
+            if self.graph:  # one graph call per update: the graph splits the batch into its micro-batches
+                micro.append((x, y))
+                if len(micro) < self.accum:
+                    continue
+                x, y = ctx.to_global_batch(*(flow.cat(parts) for parts in zip(*micro)))
+                micro = []
+                loss_value = float(ctx.replicate(self.train_graph(x, y)).mean().numpy())
+                self.loss_sum += loss_value * self.accum
+                self.loss_count += self.accum
+            else:
+                x, y = ctx.to_global_batch(x, y)
+                with autocast(self.amp, ctx.device):
+                    loss = self.criterion(self.model(x), y)
+                self.scaler.scale_loss(loss / self.accum).backward()
+                loss_value = float(ctx.replicate(loss).numpy())
+                self.loss_sum += loss_value
+                self.loss_count += 1
             if self.batch_in_epoch % self.accum == 0:
                 grad_norm = self._optimizer_step()
                 if self.updates % t["log_interval"] == 0 or self.batch_in_epoch == total:
@@ -237,19 +266,30 @@ class Trainer:
         return self.loss_sum / max(self.loss_count, 1)
 
     def _optimizer_step(self):
+        """Eager: unscale, clip, step; graph: the step ran inside the graph. Then schedule and EMA."""
+        grad_norm = float("nan")  # a graph does not return it
+        if not self.graph:
+            grad_norm = self._eager_step()
+        self.updates += 1
+        self.scheduler.step_update(self.updates)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return grad_norm
+
+    def _eager_step(self):
         params = self.params
         finite = self.scaler.unscale_and_check(params)
         grad_norm = float("nan")
         if finite:
             clip = self.cfg["train"]["clip_grad"]
-            norm = flow.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-            grad_norm = float(norm.numpy())
+            clip = clip if clip > 0 else math.inf
+            if self.clip_scope == "group":  # as a graph does: each parameter group by its own norm
+                norms = [self.ctx.clip_grad_norm_(g.parameters, clip) for g in self.optimizer.param_groups]
+                grad_norm = math.sqrt(sum(n * n for n in norms))  # logged: the norm before clipping, of all
+            else:
+                grad_norm = self.ctx.clip_grad_norm_(params, clip)
             self.optimizer.step()
         self.optimizer.zero_grad()
-        self.updates += 1
-        self.scheduler.step_update(self.updates)
-        if self.ema is not None:
-            self.ema.update(self.model)
         return grad_norm
 
     def _lr(self):
@@ -261,7 +301,8 @@ class Trainer:
         if self.tb:
             for tag, value in (("train/loss", loss), ("train/lr", self._lr()), ("train/grad_norm", grad_norm),
                                ("train/images_per_sec", speed), ("train/data_time", data_time)):
-                self.tb.add_scalar(tag, value, self.updates)
+                if not math.isnan(value):  # the grad norm of a graph step is not known
+                    self.tb.add_scalar(tag, value, self.updates)
             if self.amp:
                 self.tb.add_scalar("train/loss_scale", self.scaler.scale, self.updates)
 
@@ -277,9 +318,15 @@ class Trainer:
         with flow.no_grad():
             for x, y, valid in batches:
                 x, y, valid = self.ctx.to_global_batch(x, y, valid)
-                with autocast(self.amp, self.ctx.device):
-                    logits = model(x)
-                meter.update(logits.to(flow.float32), y, valid, self.eval_criterion)
+                if self.graph:
+                    if id(model) not in self.eval_graphs:
+                        self.eval_graphs[id(model)] = EvalGraph(model, amp=self.amp, ctx=self.ctx)
+                    logits = self.eval_graphs[id(model)](x)
+                else:
+                    with autocast(self.amp, self.ctx.device):
+                        logits = model(x)
+                logits, y, valid = (self.ctx.replicate(t) for t in (logits.to(flow.float32), y, valid))
+                meter.update(logits, y, valid, self.eval_criterion)
         model.train(was_training)
         return meter.result()
 
@@ -302,14 +349,17 @@ class Trainer:
         return row
 
 
-def _to_global(obj, ctx):
-    if isinstance(obj, flow.Tensor):
-        return obj.to_global(placement=ctx.placement, sbp=flow.sbp.broadcast) if not obj.is_global else obj
-    if isinstance(obj, dict):
-        return type(obj)((k, _to_global(v, ctx)) for k, v in obj.items())
-    if isinstance(obj, list):
-        return [_to_global(v, ctx) for v in obj]
-    return obj
+def _check_graph_options(t):
+    """The clipping scope (``global``/``group``) of the ``train:`` section; ConfigError where a graph cannot."""
+    scope = t["clip_scope"] if t["clip_scope"] != "auto" else ("group" if t["graph"] else "global")
+    if t["graph"] and scope != "group":
+        raise ConfigError("train.clip_scope=global with train.graph=true: an nn.Graph in OneFlow 0.9.0 clips each "
+                          "optimizer parameter group by its own norm; use train.clip_scope=group (or auto), or "
+                          "train.graph=false")
+    if t["graph"] and resolve_scheduler_kind(t) != "oneflow":
+        raise ConfigError("train.scheduler=timm with train.graph=true: a graph runs only OneFlow's schedulers; use "
+                          "train.scheduler=oneflow (or auto), or train.graph=false")
+    return scope
 
 
 class _NoProgress:

@@ -1,4 +1,5 @@
-"""Parallel execution: the data-parallel context (global tensors with SBP)."""
-from .context import LayoutError, ParallelContext
+"""Parallel execution through global tensors (SBP): data, tensor and pipeline parallelism."""
+from .context import ParallelContext
+from .errors import LayoutError
 
 __all__ = ["LayoutError", "ParallelContext"]

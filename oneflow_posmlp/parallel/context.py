@@ -1,14 +1,25 @@
-"""Where a run executes: rank, world, device, and data parallelism through global tensors (SBP).
+"""Where a run executes: rank, world, device, and the parallel layout through global tensors (SBP).
 
-With one process, tensors stay local. With several (``python -m oneflow.distributed.launch``), the model
-is a global module (parameters ``broadcast``) and every batch a global tensor ``split(0)`` over all ranks:
-OneFlow then reduces gradients itself, and BatchNorm sees the whole global batch.
+``dist: {data_parallel: dp, tensor_parallel: tp, pipeline_parallel: pp}`` with ``dp * tp * pp`` equal to the
+number of launched ranks. Ranks are laid out stage by stage; inside a stage as a ``[dp, tp]`` grid
+(``rank = stage * dp * tp + d * tp + t``), a 2-D placement when both ``dp`` and ``tp`` exceed 1.
+
+- data parallel: every batch is a global tensor ``split(0)`` over the ``dp`` axis (each rank loads only its
+  shard); parameters are ``broadcast`` on it and OneFlow reduces the gradients;
+- tensor parallel: parameters follow :mod:`.tensor_parallel` on the ``tp`` axis, batches are ``broadcast``
+  on it (the ranks of one ``dp`` index load the same shard);
+- pipeline parallel: each part of the model lives on its stage's placement (:mod:`.pipeline`).
+
+With one process, tensors stay local. One model definition serves every layout: :meth:`ParallelContext.apply`
+turns a local module into a global one.
 """
+import math
+
 import oneflow as flow
 
-
-class LayoutError(ValueError):
-    """A parallel layout that does not fit the world size or the model; raised on every rank at start."""
+from . import pipeline
+from .errors import LayoutError
+from .tensor_parallel import check_tensor_parallel, set_gate_sbp, tensor_parallel_sbp
 
 
 class ParallelContext:
@@ -18,69 +29,184 @@ class ParallelContext:
         self.device = dist_cfg["device"]
         if self.device == "cuda" and not flow.cuda.is_available():
             raise LayoutError("dist.device is 'cuda' but OneFlow sees no CUDA device; use --opts dist.device=cpu")
-        dp = dist_cfg["data_parallel"] or self.world
         tp, pp = dist_cfg["tensor_parallel"], dist_cfg["pipeline_parallel"]
+        dp = dist_cfg["data_parallel"] or max(self.world // (tp * pp), 1)
         if dp * tp * pp != self.world:
             raise LayoutError(f"dist layout data_parallel={dp} x tensor_parallel={tp} x pipeline_parallel={pp} = "
                               f"{dp * tp * pp} ranks, but {self.world} were launched; make the product equal the "
-                              f"world size (data_parallel: 0 means all ranks)")
-        if tp > 1 or pp > 1:
-            raise LayoutError("tensor and pipeline parallelism are not implemented yet (issue #4); "
-                              "use dist.tensor_parallel=1 and dist.pipeline_parallel=1")
-        self.data_parallel = dp
+                              f"world size (data_parallel: 0 means world / (tensor_parallel x pipeline_parallel))")
+        self.data_parallel, self.tensor_parallel, self.pipeline_parallel = dp, tp, pp
         self.distributed = self.world > 1
-        self.placement = flow.placement(self.device, ranks=list(range(self.world))) if self.distributed else None
+        per_stage = dp * tp
+        self.stage = self.rank // per_stage
+        self.data_rank = (self.rank % per_stage) // tp
+        self.tp_rank = self.rank % tp
+        self.stage_placements = [self._stage_placement(s) for s in range(pp)] if self.distributed else [None]
+        self.placement = self.stage_placements[0]  # where inputs go (stage 0)
+        self.all_placement = flow.placement(self.device, ranks=list(range(self.world))) if self.distributed else None
+
+    def _stage_placement(self, stage):
+        base = stage * self.data_parallel * self.tensor_parallel
+        if self.data_parallel > 1 and self.tensor_parallel > 1:
+            ranks = [[base + d * self.tensor_parallel + t for t in range(self.tensor_parallel)]
+                     for d in range(self.data_parallel)]
+        else:
+            ranks = list(range(base, base + self.data_parallel * self.tensor_parallel))
+        return flow.placement(self.device, ranks=ranks)
 
     @property
     def is_main(self):
         return self.rank == 0
 
+    def describe(self):
+        return (f"{self.world} rank(s) ({self.device}): data_parallel {self.data_parallel} x tensor_parallel "
+                f"{self.tensor_parallel} x pipeline_parallel {self.pipeline_parallel}")
+
+    # ----------------------------------------------------------------- SBP
+    def sbp(self, dp_sbp, tp_sbp):
+        """The SBP for a placement of this layout: a pair on a 2-D ``[dp, tp]`` placement, else one."""
+        if self.data_parallel > 1 and self.tensor_parallel > 1:
+            return (dp_sbp, tp_sbp)
+        if self.data_parallel > 1:
+            return dp_sbp
+        if self.tensor_parallel > 1:
+            return tp_sbp
+        return flow.sbp.broadcast
+
+    def _replicated(self):
+        return self.sbp(flow.sbp.broadcast, flow.sbp.broadcast)
+
+    # ----------------------------------------------------------------- model
+    def check_model(self, model):
+        """Raise LayoutError (on every rank, before any collective) if the layout cannot split ``model``."""
+        check_tensor_parallel(model, self.tensor_parallel)
+        pipeline.level_stages(len(model.levels), self.pipeline_parallel)
+
     def apply(self, module):
-        """Move ``module`` to the device; under several ranks make it global with broadcast parameters."""
+        """Move ``module`` to the device; under several ranks make it global: each parameter on its pipeline
+        stage's placement with its tensor-parallel SBP (``broadcast`` on the data-parallel axis)."""
         module.to(self.device)
-        if self.distributed:
-            module.to_global(placement=self.placement, sbp=flow.sbp.broadcast)
+        if not self.distributed:
+            return module
+        self.check_model(module)
+        stages = pipeline.module_stages(module, self.pipeline_parallel)
+        targets = {}
+        for name, p in module.named_parameters():
+            targets[id(p)] = (self.stage_placements[pipeline.stage_of(name, stages)],
+                              self.sbp(flow.sbp.broadcast, tensor_parallel_sbp(name)))
+        for name, b in module.named_buffers():
+            targets[id(b)] = (self.stage_placements[pipeline.stage_of(name, stages)], self._replicated())
+        def to_target(t):
+            # a local tensor given to to_global is taken as this rank's part of the SBP: declare the (identical)
+            # complete copies broadcast first, then re-split them as the layout wants
+            placement, sbp = targets[id(t)]
+            return _split_complete(t, placement, sbp)
+
+        module._apply(to_target)
+        if self.tensor_parallel > 1:
+            set_gate_sbp(module, self.sbp(flow.sbp.split(0), flow.sbp.broadcast))
+        if self.pipeline_parallel > 1:
+            pipeline.add_stage_hooks(module, self.pipeline_parallel, lambda s: self.stage_placements[s])
         return module
 
+    def set_graph_stages(self, graph_model):
+        """Inside an ``nn.Graph``: ``set_stage`` on the parts of the model (pipeline parallel only)."""
+        if self.distributed and self.pipeline_parallel > 1:
+            pipeline.set_graph_stages(graph_model, self.pipeline_parallel, lambda s: self.stage_placements[s])
+
+    # ----------------------------------------------------------------- data
     def to_global_batch(self, *tensors):
-        """Local per-rank batches -> device tensors; global ``split(0)`` under several ranks."""
+        """Local per-rank batches -> device tensors; under several ranks global tensors, ``split(0)`` over the
+        data-parallel axis, ``broadcast`` over the tensor-parallel one. The images go to the first pipeline
+        stage; every other tensor (labels, masks) to the last, where the logits are."""
         out = []
-        for t in tensors:
+        for i, t in enumerate(tensors):
             t = t.to(self.device)
             if self.distributed:
-                t = t.to_global(placement=self.placement, sbp=flow.sbp.split(0))
+                placement = self.stage_placements[0 if i == 0 else -1]
+                t = t.to_global(placement=placement, sbp=self.sbp(flow.sbp.split(0), flow.sbp.broadcast))
             out.append(t)
         return out if len(out) > 1 else out[0]
 
-    def to_local(self, obj):
-        """Replace broadcast global tensors by their (complete) local copies, recursively; no communication."""
+    # ----------------------------------------------------------------- state
+    def gather(self, obj):
+        """Replace global tensors by complete local copies on every rank, recursively (a collective: call it on
+        every rank). Checkpoints are saved from these, so they load into any layout."""
         if isinstance(obj, flow.Tensor):
-            return obj.to_local() if obj.is_global else obj
+            if not obj.is_global:
+                return obj
+            return obj.to_global(placement=self.all_placement, sbp=flow.sbp.broadcast).to_local()
         if isinstance(obj, dict):
-            return type(obj)((k, self.to_local(v)) for k, v in obj.items())
+            return type(obj)((k, self.gather(v)) for k, v in obj.items())
         if isinstance(obj, (list, tuple)):
-            return type(obj)(self.to_local(v) for v in obj)
+            return type(obj)(self.gather(v) for v in obj)
         return obj
 
+    def optimizer_state_to_global(self, opt_state, optimizer):
+        """A gathered optimizer state dict -> the placement and SBP of each state's parameter."""
+        if not self.distributed:
+            return opt_state
+        params = [p for group in optimizer.param_groups for p in group.parameters]
+        state = {}
+        for idx, per_param in opt_state["state"].items():
+            if not isinstance(per_param, dict):  # e.g. the step counter
+                state[idx] = per_param
+                continue
+            p = params[int(idx)]
+            state[idx] = {k: (_split_complete(v.to(self.device), p.placement,
+                                              p.sbp if v.shape == p.shape else [flow.sbp.broadcast] * len(p.sbp))
+                              if isinstance(v, flow.Tensor) else v)
+                          for k, v in per_param.items()}
+        return dict(opt_state, state=state)
+
     def average_buffers(self, module):
-        """Average float buffers (BatchNorm running statistics) over the ranks, in place.
+        """Average float buffers (BatchNorm running statistics) over the data-parallel ranks, in place.
 
         Under data parallelism BatchNorm normalises each rank's shard with its own batch statistics (as DDP
         without SyncBN, the official setting) so every rank's running statistics drift apart; timm's
-        ``dist_bn: reduce`` (the official config) averages them after each epoch. Returns a checksum.
+        ``dist_bn: reduce`` (the official config) averages them after each epoch. Returns a checksum (of this
+        rank's pipeline stage).
         """
         total = 0.0
         for buf in module.buffers():
             if not buf.dtype.is_floating_point:
                 continue
+            if self.distributed and self.data_parallel > 1:
+                local = buf.to_local()
+                summed = local.to_global(placement=buf.placement,
+                                         sbp=self.sbp(flow.sbp.partial_sum, flow.sbp.broadcast))
+                averaged = summed.to_global(sbp=buf.sbp).to_local() / self.data_parallel
+                local.copy_(averaged)
             local = buf.to_local() if buf.is_global else buf
-            if self.distributed:
-                reduced = local.clone()
-                flow.comm.all_reduce(reduced)
-                local.copy_(reduced / self.world)
-            total += float(local.abs().sum().numpy())
+            total += float(local.abs().sum().numpy()) if local.numel() else 0.0
         return total
+
+    def clip_grad_norm_(self, params, max_norm):
+        """Clip by the global 2-norm of all gradients (over pipeline stages too); returns the norm (float)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not self.distributed or self.pipeline_parallel == 1:
+            return float(flow.nn.utils.clip_grad_norm_(params, max_norm).numpy())
+        squares = [flow.sum(g * g).to_global(placement=self.all_placement, sbp=flow.sbp.broadcast) for g in grads]
+        norm = math.sqrt(float(flow.stack(squares).sum().numpy()))
+        if math.isfinite(max_norm) and norm > max_norm:
+            scale = max_norm / (norm + 1e-6)
+            for g in grads:
+                g.mul_(scale)
+        return norm
+
+    def replicate(self, t):
+        """Under pipeline parallelism, a tensor of the last stage made visible on every rank (to read it)."""
+        if self.distributed and self.pipeline_parallel > 1:
+            return t.to_global(placement=self.all_placement, sbp=flow.sbp.broadcast)
+        return t
 
     def barrier(self):
         if self.distributed:
             flow.comm.barrier()
+
+
+def _split_complete(t, placement, sbp):
+    """A complete local copy (the same on every rank) -> a global tensor with ``sbp``. ``to_global`` takes a
+    local tensor as this rank's part of the SBP, so declare the copies ``broadcast`` first, then re-split."""
+    replicated = [flow.sbp.broadcast] * len(placement.ranks.shape)
+    return t.to_global(placement=placement, sbp=replicated).to_global(placement=placement, sbp=sbp)

@@ -1,0 +1,63 @@
+"""Helpers for tests that launch ``tools/train.py`` / ``tools/eval.py`` on 1..4 local ranks (every launch has a
+timeout, so a collective that one rank misses fails the test instead of hanging it)."""
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import oneflow as flow
+
+from conftest import tiny_train_opts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 300
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher(ranks, port=None):
+    if ranks == 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", str(ranks),
+            "--master_port", str(port or free_port())]
+
+
+def train_cmd(root, out, *opts, **extra):
+    extra = {"train.epochs": 1, "data.limit_train_batches": 3, "train.ema": "false", **extra}
+    return [os.path.join(ROOT, "tools", "train.py"), "-c", "configs/demo.yaml", "--output", str(out), "--opts",
+            *tiny_train_opts(root, **extra), *opts]
+
+
+def run(cmd, expect_ok=True):
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                         env=dict(os.environ, GLOG_minloglevel="2"))
+    if expect_ok:
+        assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def train(root, out, ranks, *opts, **extra):
+    return run(launcher(ranks) + train_cmd(root, out, *opts, **extra))
+
+
+def updates(out):
+    """``[(update, loss, grad_norm), ...]`` as logged by rank 0 (4 decimals for the loss, 3 for the norm)."""
+    text = open(os.path.join(out, "log_rank0.txt")).read()
+    return re.findall(r"update (\d+): loss ([\d.]+) lr \S+ grad_norm ([\d.]+)", text)
+
+
+def max_state_diff(a_dir, b_dir):
+    """Largest absolute difference of model weights and optimizer moments between two training checkpoints."""
+    a, b = flow.load(str(a_dir)), flow.load(str(b_dir))
+    worst = max(np.abs(v.numpy().astype(np.float64) - b["model"][k].numpy()).max() for k, v in a["model"].items())
+    for idx, st in a["optimizer"]["state"].items():
+        if isinstance(st, dict):
+            for k, v in st.items():
+                worst = max(worst, float(np.abs(v.numpy().astype(np.float64) - b["optimizer"]["state"][idx][k].numpy()).max()))
+    return worst

@@ -46,10 +46,12 @@ def train(root, out, ranks, *opts, **extra):
     return run(launcher(ranks) + train_cmd(root, out, *opts, **extra))
 
 
-def updates(out):
-    """``[(update, loss, grad_norm), ...]`` as logged by rank 0 (4 decimals for the loss, 3 for the norm)."""
+def updates(out, grad_norm=True):
+    """``[(update, loss, grad_norm), ...]`` as logged by rank 0 (4 decimals for the loss, 3 for the norm; a graph
+    logs the norm as nan: pass ``grad_norm=False`` to accept it)."""
     text = open(os.path.join(out, "log_rank0.txt")).read()
-    return re.findall(r"update (\d+): loss ([\d.]+) lr \S+ grad_norm ([\d.]+)", text)
+    norm = r"([\d.]+)" if grad_norm else r"(\S+)"
+    return re.findall(r"update (\d+): loss ([\d.]+) lr \S+ grad_norm " + norm, text)
 
 
 def max_state_diff(a_dir, b_dir):

@@ -251,7 +251,10 @@ class Trainer:
                 loss_value = float(ctx.replicate(loss).numpy())
                 self.loss_sum += loss_value
                 self.loss_count += 1
+                micro.append(loss_value)
+                loss_value = sum(micro) / len(micro)  # logged: the mean over the update's micro-batches
             if self.batch_in_epoch % self.accum == 0:
+                micro = []
                 grad_norm = self._optimizer_step()
                 if self.updates % t["log_interval"] == 0 or self.batch_in_epoch == total:
                     speed = window_images / max(time.time() - window_start, 1e-9)

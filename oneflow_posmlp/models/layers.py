@@ -29,8 +29,9 @@ class PosMLPLayer(nn.Module):
         self.gate_unit = gate_unit(dim=self.hidden_dim, win_size=win_size, chunks=chunks, norm_layer=norm_layer,
                                    layer_idx=layer_idx, **gate_kwargs)
         self.act = act_layer()
-        # Set from outside by tensor parallelism (parallel/tensor_parallel.py): the SBP the gating unit's input is
-        # brought to explicitly. None (the default) leaves tensors as they are.
+        # Set from outside by tensor parallelism (parallel/tensor_parallel.py): the SBP that activations with whole
+        # channel vectors (the gating unit's input, the block's output) are brought to explicitly. None (the
+        # default) leaves tensors as they are.
         self.gate_sbp = None
         self.drop = nn.Dropout(drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -48,6 +49,8 @@ class PosMLPLayer(nn.Module):
         if self.gate_sbp is not None:
             x = x.to_global(sbp=self.gate_sbp)
         x = self.drop(self.proj_c_s(self.gate_unit(x, mask=mask)))
+        if self.gate_sbp is not None:
+            x = x.to_global(sbp=self.gate_sbp)
         return residual + self.drop_path(x)
 
     def forward(self, x):

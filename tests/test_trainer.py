@@ -104,6 +104,11 @@ def test_resume_refuses_a_checkpoint_of_another_model(trained, tiny_demo_root, t
     (["data.root=/nonexistent/imagenet", "data.demo=false"], "data folder /nonexistent/imagenet/train does not exist"),
     (["train.optimizr=sgd"], "did you mean 'train.optimizer'"),
     (["model.num_classes=7"], "has 4 classes but model.num_classes is 7; set --opts model.num_classes=4"),
+    (["train.graph=true", "train.clip_scope=global"], "an nn.Graph in OneFlow 0.9.0 clips each optimizer parameter"),
+    (["train.graph=true", "train.scheduler=timm"], "a graph runs only OneFlow's schedulers"),
+    (["train.graph=true", "dist.zero_stage=1"], "ZeRO is for CUDA runs, use dist.zero_stage=0 on CPU"),
+    (["dist.activation_checkpointing=[0]"], "are nn.Graph options; set train.graph=true"),
+    (["dist.tensor_parallel=2"], "tensor_parallel=2 x pipeline_parallel=1 = 2 ranks, but 1 were launched"),
 ])
 def test_cli_bad_input_is_one_clear_line_before_training(tiny_demo_root, tmp_path, opts, needle):
     base = tiny_train_opts(tiny_demo_root)

@@ -48,8 +48,8 @@ def resolve_scheduler_kind(train_cfg):
 
 def build_scheduler(optimizer, train_cfg, lr, updates_per_epoch):
     """The schedule of ``train_cfg`` (``train:`` section) over ``epochs * updates_per_epoch`` updates."""
-    total = train_cfg["epochs"] * updates_per_epoch
-    warmup = train_cfg["warmup_epochs"] * updates_per_epoch
+    total = int(round(train_cfg["epochs"] * updates_per_epoch))
+    warmup = int(round(train_cfg["warmup_epochs"] * updates_per_epoch))
     if resolve_scheduler_kind(train_cfg) == "oneflow":
         return OneFlowCosine(optimizer, total, warmup, lr, train_cfg["warmup_lr"], train_cfg["min_lr"])
     return CosineLRScheduler(optimizer, t_initial=total, lr_min=train_cfg["min_lr"], warmup_t=warmup,

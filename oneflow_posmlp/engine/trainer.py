@@ -60,7 +60,7 @@ class Trainer:
         t = cfg["train"]
         self.ctx = ParallelContext(cfg["dist"])
         self.graph = t["graph"]
-        self.clip_scope = _check_graph_options(t)
+        self.clip_scope = _check_graph_options(t, cfg["dist"])
         self.out = output_dir or cfg["output"]["dir"]
         self.log = setup_logging(self.out, self.ctx.rank)
         self._seed(t["seed"])
@@ -352,8 +352,15 @@ class Trainer:
         return row
 
 
-def _check_graph_options(t):
+def _check_graph_options(t, dist):
     """The clipping scope (``global``/``group``) of the ``train:`` section; ConfigError where a graph cannot."""
+    if not t["graph"] and (dist["zero_stage"] or dist["activation_checkpointing"]):
+        raise ConfigError("dist.zero_stage and dist.activation_checkpointing are nn.Graph options; set "
+                          "train.graph=true, or leave them at 0 and []")
+    if dist["zero_stage"] and dist["device"] == "cpu":
+        raise ConfigError("dist.zero_stage > 0 on CPU: OneFlow 0.9.0 aborts such a graph (register.cpp:75 Check "
+                          "failed: separated_header_mem_ptr() == nullptr); ZeRO is for CUDA runs, use "
+                          "dist.zero_stage=0 on CPU")
     scope = t["clip_scope"] if t["clip_scope"] != "auto" else ("group" if t["graph"] else "global")
     if t["graph"] and scope != "group":
         raise ConfigError("train.clip_scope=global with train.graph=true: an nn.Graph in OneFlow 0.9.0 clips each "

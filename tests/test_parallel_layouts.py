@@ -3,17 +3,21 @@
 Each layout runs tools/train.py for 3 AdamW updates (lr warm-up, clipping at 1.0, the demo's BN-free variant:
 ``model.stem_norm=LN``, because BatchNorm under data parallelism normalises per rank like DDP without SyncBN)
 and must log the same loss (and, eagerly, gradient norm) at every update as one eager process, and end with
-the same weights and AdamW moments within 1e-6 (measured: at most 1.6e-8). Graph runs are held to an eager
+the same weights and AdamW moments within 1e-6 (measured: at most 1.6e-8). A two-node launch runs with the
+second node in a network namespace (root only; skipped elsewhere). Graph runs are held to an eager
 process with the graph's semantics (OneFlow's lr schedule, per-group clipping); the pipeline runs 2
 micro-batches per update through its stages (gradient accumulation). Checkpoints are gathered to complete tensors, so a
 tensor-parallel checkpoint resumes in a data-parallel run and in one process, and evaluates in one process.
 """
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
-from launch import ROOT, launcher, max_state_diff, run, train, train_cmd, updates
+from launch import ROOT, free_port, launcher, max_state_diff, run, train, train_cmd, updates
 from oneflow_posmlp.models import build_model
 from oneflow_posmlp.parallel import LayoutError
 from oneflow_posmlp.parallel.pipeline import level_stages, module_stages
@@ -63,6 +67,58 @@ def test_layout_equals_one_eager_process(layout, tiny_demo_root, tmp_path_factor
         assert len(updates(ref)) == 3 and updates(tmp_path) == updates(ref)
     assert max_state_diff(ref / "last", tmp_path / "last") <= TOL
     assert f"on {ranks} rank(s)" in open(tmp_path / "log_rank0.txt").read()
+
+
+@pytest.fixture
+def second_node():
+    """A second "machine": a network namespace joined to this one by a veth pair (10.213.N.1 here, .2 there).
+    OneFlow tells nodes apart by address, so two launchers on one address (``--master_addr 127.0.0.1``) are
+    taken for one node and their first cross-node collective hangs; distinct addresses make a real 2-node job."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("needs root and iproute2 to create a network namespace")
+    tag = f"{os.getpid() % 200 + 20}"
+    ns, host_if, node_if = f"pmlp{tag}", f"pmlp{tag}a", f"pmlp{tag}b"
+    host_ip, node_ip = f"10.213.{tag}.1", f"10.213.{tag}.2"
+    setup = [["ip", "netns", "add", ns], ["ip", "link", "add", host_if, "type", "veth", "peer", "name", node_if],
+             ["ip", "link", "set", node_if, "netns", ns], ["ip", "addr", "add", f"{host_ip}/24", "dev", host_if],
+             ["ip", "link", "set", host_if, "up"],
+             ["ip", "netns", "exec", ns, "ip", "addr", "add", f"{node_ip}/24", "dev", node_if],
+             ["ip", "netns", "exec", ns, "ip", "link", "set", node_if, "up"],
+             ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]]
+    try:
+        for cmd in setup:
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode:
+                pytest.skip(f"cannot create a network namespace here: {' '.join(cmd)}: {res.stderr.strip()}")
+        yield ["ip", "netns", "exec", ns], host_ip
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_two_node_launch_equals_one_process(second_node, tiny_demo_root, tmp_path_factory, tmp_path):
+    """``--nnodes 2``: one launcher per node, one process each, a 2-rank data-parallel job."""
+    enter_node, master = second_node
+    ref = reference(tiny_demo_root, tmp_path_factory, ())
+    port = str(free_port())
+    cmd = train_cmd(tiny_demo_root, tmp_path, "model.stem_norm=LN")
+    procs = []
+    for node, prefix in ((0, []), (1, enter_node)):
+        launch = [sys.executable, "-m", "oneflow.distributed.launch", "--nnodes", "2", "--node_rank", str(node),
+                  "--nproc_per_node", "1", "--master_addr", master, "--master_port", port]
+        procs.append(subprocess.Popen(prefix + launch + cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                      stderr=open(tmp_path / f"node{node}.err", "w"),
+                                      env=dict(os.environ, GLOG_minloglevel="2")))
+    try:
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0, 0], (tmp_path / "node0.err").read_text()[-1500:] + (tmp_path / "node1.err").read_text()[-1500:]
+    assert updates(tmp_path) == updates(ref) and len(updates(ref)) == 3
+    assert max_state_diff(ref / "last", tmp_path / "last") <= TOL
+    assert "on 2 rank(s) (cpu): data_parallel 2" in open(tmp_path / "log_rank0.txt").read()
+    assert os.path.isfile(tmp_path / "log_rank1.txt")
 
 
 def test_tensor_parallel_checkpoint_loads_into_other_layouts(tiny_demo_root, tmp_path):

@@ -53,4 +53,4 @@ def build_scheduler(optimizer, train_cfg, lr, updates_per_epoch):
     if resolve_scheduler_kind(train_cfg) == "oneflow":
         return OneFlowCosine(optimizer, total, warmup, lr, train_cfg["warmup_lr"], train_cfg["min_lr"])
     return CosineLRScheduler(optimizer, t_initial=total, lr_min=train_cfg["min_lr"], warmup_t=warmup,
-                             warmup_lr_init=train_cfg["warmup_lr"], t_in_epochs=False)
+                             warmup_lr_init=train_cfg["warmup_lr"], t_in_epochs=False, cycle_limit=1)

@@ -12,6 +12,15 @@ def test_ranks_get_disjoint_equal_shards():
     assert len(flat) == len(set(flat))
 
 
+def test_global_batches_are_one_process_batches_row_for_row():
+    """Rank r's local batch k is block r of global batch k: stacked in rank order (split(0)) they are the
+    batch one process takes, so per-row draws (drop-path masks) land on the same samples in every layout."""
+    one = list(ResumableDistributedSampler(64, 0, 1, batch_size=8, seed=5))
+    shards = [list(ResumableDistributedSampler(64, r, 2, batch_size=4, seed=5)) for r in range(2)]
+    stacked = [i for k in range(8) for r in range(2) for i in shards[r][4 * k: 4 * k + 4]]
+    assert stacked == one
+
+
 def test_epochs_differ_and_repeat_deterministically():
     s = ResumableDistributedSampler(50, batch_size=5, seed=3)
     e0 = list(s)

@@ -1,7 +1,8 @@
 """Data parallelism through global tensors: 2 ranks (python -m oneflow.distributed.launch) against 1 rank.
 
-With LayerNorm everywhere the 2-rank run equals the 1-rank run: the same loss and gradient norm at each of 3
-updates, and final weights within 1e-6 (measured: 1.2e-7). BatchNorm, like DDP without SyncBN (the official
+With LayerNorm everywhere the 2-rank run equals the 1-rank run, drop path on: the same loss and gradient norm at
+each of 3 updates, and final weights within 1e-6 (the drop-path masks of each sample of the global batch are
+the ones one process draws, models/drop.py). BatchNorm, like DDP without SyncBN (the official
 setting), normalises each rank's shard with its own statistics, so with BN the runs differ by design; the
 running statistics are then averaged over the ranks after each epoch (timm's dist_bn "reduce").
 """
@@ -17,13 +18,14 @@ pytestmark = pytest.mark.distributed
 
 
 def test_two_rank_data_parallel_equals_one_rank(tiny_demo_root, tmp_path):
-    train(tiny_demo_root, tmp_path / "one", 1, "model.stem_norm=LN")
-    train(tiny_demo_root, tmp_path / "two", 2, "model.stem_norm=LN")
+    train(tiny_demo_root, tmp_path / "one", 1, "model.stem_norm=LN", "model.drop_path_rate=0.2")
+    train(tiny_demo_root, tmp_path / "two", 2, "model.stem_norm=LN", "model.drop_path_rate=0.2")
     one, two = updates(tmp_path / "one"), updates(tmp_path / "two")
     assert len(one) == 3 and one == two  # loss and grad norm, as logged (4 decimals), at every update
     assert max_state_diff(tmp_path / "one" / "last", tmp_path / "two" / "last") <= 1e-6
     assert "on 2 rank(s)" in open(tmp_path / "two" / "log_rank0.txt").read()
     assert os.path.isfile(tmp_path / "two" / "log_rank1.txt")  # every rank logs to its own file
+    assert "replicas agree within 0\n" in open(tmp_path / "two" / "log_rank0.txt").read()
 
 
 def test_batchnorm_statistics_are_averaged_over_ranks(tiny_demo_root, tmp_path):

@@ -1,9 +1,14 @@
 """Tensor, pipeline and 2-D (data x tensor) parallelism, eager and nn.Graph, against one eager process.
 
-Each layout runs tools/train.py for 3 AdamW updates (lr warm-up, clipping at 1.0, the demo's BN-free variant:
-``model.stem_norm=LN``, because BatchNorm under data parallelism normalises per rank like DDP without SyncBN)
-and must log the same loss (and, eagerly, gradient norm) at every update as one eager process, and end with
-the same weights and AdamW moments within 1e-6 (measured: at most 1.6e-8). A two-node launch runs with the
+Each layout runs tools/train.py for 3 AdamW updates (lr warm-up, clipping at 1.0, drop path 0.1, the demo's
+BN-free variant: ``model.stem_norm=LN``, because BatchNorm under data parallelism normalises per rank like DDP
+without SyncBN) and must log the same loss (and, eagerly, gradient norm) at every update as one eager process,
+and end with the same weights and AdamW moments within 1e-6: drop-path masks are drawn per sample of the
+global batch from the step's seed, so every layout drops what one process drops (models/drop.py).
+Every layout family also trains with all the shipped recipes' regularizers on (drop path, dropout,
+Mixup/CutMix, RandAugment, EMA), eagerly and as a graph; there the runs cannot equal one process (dropout
+and Mixup draw per data-parallel shard), so they must finish with finite losses and replicas that agree.
+The shipped ImageNet configs start on 2 ranks, shrunk to a tiny model through ``--opts``. A two-node launch runs with the
 second node in a network namespace (root only; skipped elsewhere). Graph runs are held to an eager
 process with the graph's semantics (OneFlow's lr schedule, per-group clipping); the pipeline runs 2
 micro-batches per update through its stages (gradient accumulation). Checkpoints are gathered to complete tensors, so a
@@ -25,9 +30,10 @@ from oneflow_posmlp.parallel.tensor_parallel import check_tensor_parallel
 
 pytestmark = pytest.mark.distributed
 TOL = 1e-6
-GRAPH = ("train.graph=true", "model.drop_path_rate=0")
+GRAPH = ("train.graph=true",)
 # the eager run a graph run must equal: OneFlow's schedule and per-group clipping, as inside a graph
-EAGER_AS_GRAPH = ("train.scheduler=oneflow", "train.clip_scope=group", "model.drop_path_rate=0")
+EAGER_AS_GRAPH = ("train.scheduler=oneflow", "train.clip_scope=group")
+DROP_PATH = ("model.stem_norm=LN", "model.drop_path_rate=0.1")
 MICRO = ("train.grad_accum_steps=2", "data.limit_train_batches=4")  # 2 updates of 2 micro-batches
 LAYOUTS = {  # name: (ranks, options, options of the one-process reference)
     "eager_tensor_parallel_2": (2, ("dist.tensor_parallel=2",), ()),
@@ -47,7 +53,7 @@ def reference(root, tmp_path_factory, opts):
     """One eager process with ``opts`` (cached per option set)."""
     if opts not in _REFERENCES:
         out = tmp_path_factory.mktemp("one_rank")
-        train(root, out, 1, "model.stem_norm=LN", *opts)
+        train(root, out, 1, *DROP_PATH, *opts)
         _REFERENCES[opts] = out
     return _REFERENCES[opts]
 
@@ -60,13 +66,55 @@ def losses(out):
 def test_layout_equals_one_eager_process(layout, tiny_demo_root, tmp_path_factory, tmp_path):
     ranks, opts, ref_opts = LAYOUTS[layout]
     ref = reference(tiny_demo_root, tmp_path_factory, ref_opts)
-    train(tiny_demo_root, tmp_path, ranks, "model.stem_norm=LN", *opts)
+    train(tiny_demo_root, tmp_path, ranks, *DROP_PATH, *opts)
     if "train.graph=true" in opts:  # a graph step does not report its gradient norm
         assert len(losses(ref)) >= 2 and losses(tmp_path) == losses(ref)
     else:
         assert len(updates(ref)) == 3 and updates(tmp_path) == updates(ref)
     assert max_state_diff(ref / "last", tmp_path / "last") <= TOL
     assert f"on {ranks} rank(s)" in open(tmp_path / "log_rank0.txt").read()
+
+
+# what the shipped ImageNet recipes regularize with (configs/posmlp_{t,s,b}.yaml), on the demo model
+RECIPE = ("model.drop_path_rate=0.1", "model.drop_rate=0.1", "aug.mixup=0.5", "aug.cutmix=1.0",
+          "aug.auto_augment=rand-m6-n3-mstd1.0-inc1", "aug.color_jitter=0.4", "train.ema=true")
+FAMILIES = {  # name: (ranks, options)
+    "data_parallel_2": (2, ()),
+    "tensor_parallel_2": (2, ("dist.tensor_parallel=2",)),
+    "pipeline_parallel_2": (2, ("dist.pipeline_parallel=2",)),
+    "data2_x_tensor2": (4, ("dist.data_parallel=2", "dist.tensor_parallel=2")),
+}
+
+
+def assert_trained(out, updates_expected):
+    logged = losses(out)
+    assert len(logged) == updates_expected and all(0.0 < float(loss) < 10.0 for _, loss in logged), logged
+    assert "replicas agree within 0\n" in open(out / "log_rank0.txt").read()  # tensor-parallel ranks agreed
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_layout_trains_with_the_recipe_regularizers(family, mode, tiny_demo_root, tmp_path):
+    ranks, opts = FAMILIES[family]
+    train(tiny_demo_root, tmp_path, ranks, *RECIPE, *opts, *(GRAPH if mode == "graph" else ()),
+          **{"data.limit_train_batches": 2})
+    assert_trained(tmp_path, 2)
+
+
+SHRINK = ("model.img_size=32", "model.embed_dims=[16,32,64,128]", "model.depths=[1,1,1,1]",
+          "model.win_size=[4,4,2,1]", "model.gamma=[2,4,8,16]", "model.num_classes=4", "dist.device=cpu",
+          "train.amp=false", "data.num_workers=0", "data.demo=false", "train.batch_size=8", "train.epochs=1",
+          "data.limit_train_batches=1", "train.warmup_epochs=0", "log.progress=false", "train.log_interval=1")
+
+
+@pytest.mark.parametrize("name", ["posmlp_t", "posmlp_s", "posmlp_b"])
+def test_shipped_config_starts_on_two_ranks(name, tiny_demo_root, tmp_path):
+    """The ImageNet recipe as shipped (drop path, dropout, RandAugment, Mixup/CutMix, label smoothing, EMA,
+    clipping), shrunk to a tiny model on the demo images: one update on 2 data-parallel ranks."""
+    res = run(launcher(2) + [os.path.join(ROOT, "tools", "train.py"), "-c", f"configs/{name}.yaml", "--output",
+                             str(tmp_path), "--opts", f"data.root={tiny_demo_root}", *SHRINK])
+    assert f"model {name}:" in open(tmp_path / "log_rank0.txt").read(), res.stderr[-2000:]
+    assert_trained(tmp_path, 1)
 
 
 @pytest.fixture

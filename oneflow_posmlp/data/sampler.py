@@ -6,9 +6,11 @@ class ResumableDistributedSampler:
     """Indices of one data-parallel rank's shard of an epoch.
 
     The epoch order is a permutation drawn from ``(seed, epoch)`` (NumPy ``default_rng([seed, epoch])``, the
-    same on every rank; ``shuffle=False``: ``0..length-1``). Rank ``r`` of ``world`` takes positions
-    ``r, r + world, ...``, so the ranks' shards are disjoint and global batch ``k`` is the ranks' local
-    batches ``k`` together (``split(0)``).
+    same on every rank; ``shuffle=False``: ``0..length-1``). Global batch ``k`` is positions
+    ``[k * world * batch_size, (k + 1) * world * batch_size)`` of that order, and rank ``r`` takes its ``r``-th
+    block of ``batch_size``: the ranks' shards are disjoint, and the ranks' local batches ``k`` stacked in rank
+    order (``split(0)``) are, row for row, the batch ``k`` one process takes. So whatever is drawn per row of
+    the global batch (drop-path masks) falls on the same sample in every layout.
 
     ``drop_last`` (training): the order is cut to a multiple of ``world * batch_size`` so every rank yields
     the same number of full batches (static shapes for nn.Graph). Without it (evaluation) nothing is cut;
@@ -36,13 +38,17 @@ class ResumableDistributedSampler:
             else np.arange(self.length)
         if self.drop_last:
             idx = idx[: self.length // (self.world * self.batch_size) * self.world * self.batch_size]
-        return idx[self.rank:: self.world]
+        b, step = self.batch_size, self.world * self.batch_size
+        blocks = [idx[start + self.rank * b: start + (self.rank + 1) * b] for start in range(0, len(idx), step)]
+        return np.concatenate(blocks) if blocks else idx
 
     def __len__(self):
         """Samples of this rank's whole shard this epoch (``consumed`` included)."""
+        b, step = self.batch_size, self.world * self.batch_size
+        whole = self.length // step * b
         if self.drop_last:
-            return self.length // (self.world * self.batch_size) * self.batch_size
-        return len(range(self.rank, self.length, self.world))
+            return whole
+        return whole + min(max(self.length % step - self.rank * b, 0), b)
 
     def num_batches(self):
         """Batches of this rank's whole shard this epoch."""

@@ -16,6 +16,8 @@ import time
 import oneflow as flow
 import oneflow.nn as nn
 
+from ..models.drop import drop_path_modules, set_drop_path_keep
+
 _log = logging.getLogger("oneflow_posmlp")
 
 
@@ -38,6 +40,7 @@ class TrainGraph(nn.Graph):
                  checkpoint_levels=(), ctx=None):
         super().__init__()
         self.model = model
+        self.drop_paths = drop_path_modules(model)  # the modules themselves, to hand them the step's masks
         self.criterion = criterion
         if ctx is not None:
             ctx.set_graph_stages(self.model)  # pipeline parallel: a stage (and placement) per part of the model
@@ -54,8 +57,13 @@ class TrainGraph(nn.Graph):
             getattr(self.model.levels, str(i)).to(nn.graph.GraphModule).activation_checkpointing = True
         self.compile_seconds = None
 
-    def build(self, x, y):
+    def build(self, x, y, *keep):
+        """``keep``: optional drop-path keep masks ``(B, blocks)`` of the step (``models/drop.py``); without
+        them the blocks draw their own inside the graph."""
+        drop_paths = self.drop_paths if keep else []
+        set_drop_path_keep(drop_paths, keep[0] if keep else None)
         loss = self.criterion(self.model(x), y)
+        set_drop_path_keep(drop_paths, None)
         loss.backward()
         return loss
 

@@ -18,11 +18,13 @@ from ..checkpoint.oneflow_io import load_oneflow_weights
 from ..config import ConfigError, dump_config, scaled_lr
 from ..data import build_datasets, build_mixup, build_train_criterion, build_train_loader, build_val_loader
 from ..models import build_model
+from ..models.drop import drop_path_keep, drop_path_modules, set_drop_path_keep
 from ..parallel import ParallelContext
 from .graph import EvalGraph, TrainGraph, graph_optimizer_state, load_graph_optimizer_state
 from .logger import CsvLog, TensorBoardWriter, setup_logging
 from .loss_scaler import DynamicLossScaler, autocast
 from .metrics import EvalMeter
+from .randomness import drop_path_seed, numpy_seeded, seed_oneflow
 from .schedule import build_scheduler, resolve_scheduler_kind
 from .state import load_training_state, rng_state, save_training_state, set_rng_state
 
@@ -86,6 +88,7 @@ class Trainer:
         if state and self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
         self.ctx.apply(self.model)
+        self.drop_paths = drop_path_modules(self.model)  # their keep masks are drawn per micro-batch here
         if self.ema is not None:
             self.ctx.apply(self.ema.module)
 
@@ -191,6 +194,8 @@ class Trainer:
                 sums = [self.ctx.average_buffers(m) for m in (self.model, self.ema and self.ema.module) if m]
                 self.log.info(f"epoch {self.epoch}: buffers averaged over {self.ctx.data_parallel} ranks "
                               f"(checksum {sum(sums):.6f})")
+            if self.ctx.distributed:  # every rank must hold the same replicated weights
+                self.log.info(f"epoch {self.epoch}: replicas agree within {self.ctx.replica_divergence(self.model):.3g}")
             row = {"epoch": self.epoch, "train_loss": train_loss}
             if (self.epoch + 1) % self.cfg["train"]["eval_interval"] == 0 or self.epoch + 1 == epochs:
                 row.update(self._evaluate_and_log())
@@ -229,25 +234,35 @@ class Trainer:
             except StopIteration:
                 break
             data_time = time.time() - data_start
+            micro_index = self.batch_in_epoch % self.accum
+            step = (t["seed"], self.updates, micro_index)  # every random draw of this micro-batch is seeded by it
             if self.mixup is not None:
-                x, y = self.mixup(x, y)  # on local tensors, before to_global
+                with numpy_seeded(*step, ctx.data_rank):
+                    x, y = self.mixup(x, y)  # on local tensors, before to_global
+            keep = self._drop_path_keep(len(x), step)
             self.batch_in_epoch += 1
             window_images += local_batch * ctx.data_parallel
             progress.update(1)
             if self.graph:  # one graph call per update: the graph splits the batch into its micro-batches
-                micro.append((x, y))
+                micro.append((x, y) if keep is None else (x, y, keep))
                 if len(micro) < self.accum:
                     continue
-                x, y = ctx.to_global_batch(*(flow.cat(parts) for parts in zip(*micro)))
+                x, y, *keep = (flow.cat(parts) for parts in zip(*micro))
+                x, y = ctx.to_global_batch(x, y)
+                keep = [ctx.to_global_batch(k) for k in keep]  # (B, blocks), with the images
                 micro = []
-                loss_value = float(ctx.replicate(self.train_graph(x, y)).mean().numpy())
+                seed_oneflow(t["seed"], self.updates, 0)  # a graph's dropout draws from its compile-time seed
+                loss_value = float(ctx.replicate(self.train_graph(x, y, *keep)).mean().numpy())
                 self.loss_sum += loss_value * self.accum
                 self.loss_count += self.accum
             else:
+                seed_oneflow(*step)
                 x, y = ctx.to_global_batch(x, y)
+                set_drop_path_keep(self.drop_paths, None if keep is None else ctx.to_global_batch(keep))
                 with autocast(self.amp, ctx.device):
                     loss = self.criterion(self.model(x), y)
                 self.scaler.scale_loss(loss / self.accum).backward()
+                set_drop_path_keep(self.drop_paths, None)
                 loss_value = float(ctx.replicate(loss).numpy())
                 self.loss_sum += loss_value
                 self.loss_count += 1
@@ -267,6 +282,15 @@ class Trainer:
             data_start = time.time()
         progress.close()
         return self.loss_sum / max(self.loss_count, 1)
+
+    def _drop_path_keep(self, local_batch, step):
+        """This rank's rows of the micro-batch's drop-path keep masks, ``(local_batch, blocks)``, or None."""
+        if not self.drop_paths:
+            return None
+        d = self.ctx.data_rank
+        keep = drop_path_keep([m.drop_prob for m in self.drop_paths], local_batch * self.ctx.data_parallel,
+                              drop_path_seed(*step), rows=slice(d * local_batch, (d + 1) * local_batch))
+        return flow.tensor(keep)
 
     def _optimizer_step(self):
         """Eager: unscale, clip, step; graph: the step ran inside the graph. Then schedule and EMA."""

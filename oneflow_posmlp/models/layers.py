@@ -1,8 +1,8 @@
 """The PosMLP block (channel MLP with a spatial gating unit) and a level of blocks."""
 import oneflow as flow
 import oneflow.nn as nn
-from flowvision.layers import DropPath
 
+from .drop import DropPath, Dropout
 from .windows import shifted_window_mask, window_partition, window_reverse
 
 
@@ -33,7 +33,7 @@ class PosMLPLayer(nn.Module):
         # channel vectors (the gating unit's input, the block's output) are brought to explicitly. None (the
         # default) leaves tensors as they are.
         self.gate_sbp = None
-        self.drop = nn.Dropout(drop)
+        self.drop = Dropout(drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         if shift_size > 0:
             H, W = feature_size
@@ -48,10 +48,10 @@ class PosMLPLayer(nn.Module):
         x = self.act(self.proj_c_e(self.norm(x)))
         if self.gate_sbp is not None:
             x = x.to_global(sbp=self.gate_sbp)
-        x = self.drop(self.proj_c_s(self.gate_unit(x, mask=mask)))
+        x = self.proj_c_s(self.gate_unit(x, mask=mask))
         if self.gate_sbp is not None:
             x = x.to_global(sbp=self.gate_sbp)
-        return residual + self.drop_path(x)
+        return residual + self.drop_path(self.drop(x))
 
     def forward(self, x):
         if self.shift_size == 0:

@@ -5,6 +5,7 @@ import oneflow.nn as nn
 from flowvision.layers import trunc_normal_
 
 from .config import feature_sizes, resolve_model_config
+from .drop import dropout
 from .layers import PosMLPLayer, PosMLPLevel
 from .patch_embed import POOL_LAYERS, ConvPatchEmbed
 from .posgu import GATE_UNITS, SGU
@@ -75,8 +76,7 @@ class PosMLP(nn.Module):
     def forward_head(self, x):
         """``(B, C, h, w) -> (B, num_classes)``."""
         x = x.mean(dim=(2, 3))
-        if self.drop_rate > 0.0:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        x = dropout(x, self.drop_rate, self.training)
         return self.head(x)
 
     def forward(self, x):

@@ -181,6 +181,26 @@ class ParallelContext:
             total += float(local.abs().sum().numpy()) if local.numel() else 0.0
         return total
 
+    def replica_divergence(self, module):
+        """The largest difference between the ranks' local copies of ``module``'s replicated (all-``broadcast``)
+        parameters: 0.0 when every rank holds the same values, as it must. Random masks that disagree where
+        the ranks should agree (e.g. dropout along a tensor-parallel axis) make the copies drift apart
+        silently; this makes it visible. A collective: call it on every rank. 0.0 on one process."""
+        if not self.distributed:
+            return 0.0
+        worst = []
+        for p in module.parameters():
+            if any(s != flow.sbp.broadcast for s in p.sbp):
+                continue
+            local = p.to_local().detach().to(flow.float64)
+            partial = [flow.sbp.partial_sum] * len(p.sbp)
+            n = p.placement.ranks.size
+            mean = local.to_global(placement=p.placement, sbp=partial).to_global(sbp=p.sbp).to_local() / n
+            worst.append(((local - mean).abs().max() if local.numel() else flow.zeros(())).reshape(1)
+                         .to_global(placement=p.placement, sbp=partial)
+                         .to_global(placement=self.all_placement, sbp=flow.sbp.broadcast).to_local())
+        return float(flow.cat(worst).max().numpy()) if worst else 0.0
+
     def clip_grad_norm_(self, params, max_norm):
         """Clip by the global 2-norm of all gradients (over pipeline stages too); returns the norm (float)."""
         grads = [p.grad for p in params if p.grad is not None]

@@ -149,7 +149,7 @@ def test_two_node_launch_equals_one_process(second_node, tiny_demo_root, tmp_pat
     enter_node, master = second_node
     ref = reference(tiny_demo_root, tmp_path_factory, ())
     port = str(free_port())
-    cmd = train_cmd(tiny_demo_root, tmp_path, "model.stem_norm=LN")
+    cmd = train_cmd(tiny_demo_root, tmp_path, *DROP_PATH)
     procs = []
     for node, prefix in ((0, []), (1, enter_node)):
         launch = [sys.executable, "-m", "oneflow.distributed.launch", "--nnodes", "2", "--node_rank", str(node),

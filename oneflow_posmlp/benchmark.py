@@ -34,8 +34,9 @@ from collections import defaultdict
 import oneflow as flow
 import oneflow.nn as nn
 
-from .engine.graph import EvalGraph, TrainGraph, clip_param_groups
+from .engine.graph import EvalGraph, TrainGraph
 from .engine.loss_scaler import DynamicLossScaler, autocast
+from .engine.optim import clip_param_groups
 from .models import build_model, layers, token_mixing
 from .models.posgu import SGU, PoSGU
 

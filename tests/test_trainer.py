@@ -104,7 +104,6 @@ def test_resume_refuses_a_checkpoint_of_another_model(trained, tiny_demo_root, t
     (["data.root=/nonexistent/imagenet", "data.demo=false"], "data folder /nonexistent/imagenet/train does not exist"),
     (["train.optimizr=sgd"], "did you mean 'train.optimizer'"),
     (["model.num_classes=7"], "has 4 classes but model.num_classes is 7; set --opts model.num_classes=4"),
-    (["train.graph=true", "train.clip_scope=global"], "an nn.Graph in OneFlow 0.9.0 clips each optimizer parameter"),
     (["train.graph=true", "train.scheduler=timm"], "a graph runs only OneFlow's schedulers"),
     (["train.graph=true", "dist.zero_stage=1"], "ZeRO is for CUDA runs, use dist.zero_stage=0 on CPU"),
     (["dist.activation_checkpointing=[0]"], "are nn.Graph options; set train.graph=true"),

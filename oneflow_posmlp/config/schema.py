@@ -5,7 +5,9 @@ whose default is ``None`` accept ``None`` or the type in ``NULLABLE``. ``CHOICES
 
 ``model:`` is not listed here: it is validated (and completed) by
 :func:`oneflow_posmlp.models.resolve_model_config`; its keys mirror the official PosMLP keyword arguments.
-The defaults are the official PosMLP-T ImageNet recipe (Zhicaiwww/PosMLP config/PosMLP_T.yaml).
+The defaults are the official PosMLP-T ImageNet recipe (Zhicaiwww/PosMLP config/PosMLP_T.yaml), except
+``train.schedule_unit``, which defaults to ``update`` (the port's original per-update schedule, kept by the demo
+config); the official configs set ``epoch``, the official per-epoch schedule.
 """
 import math
 
@@ -60,16 +62,19 @@ DEFAULTS = {
         "weight_decay": 0.067,
         "clip_grad": 1.0,        # max global grad norm; 0 disables
         "clip_mode": "norm",
-        "clip_scope": "auto",    # global: one norm over all parameters (timm); group: per optimizer parameter group
-                                 # (what an nn.Graph does in OneFlow 0.9); auto: group in graph, global in eager
+        "clip_scope": "auto",    # global: one norm over all parameters (timm; in a graph by one optimizer conf,
+                                 # engine/optim.py); group: per optimizer parameter group (OneFlow 0.9's own graph
+                                 # clipping); auto: group in graph, global in eager
         "grad_accum_steps": 1,   # micro-batches per optimizer step (also the pipeline micro-batches)
         "amp": False,            # CUDA only: autocast + dynamic loss scaling
         "ema": True,             # keep an EMA of the weights and evaluate it too
         "ema_decay": 0.99992,
         "seed": 42,
         "graph": False,          # nn.Graph-compiled train/eval steps; eager otherwise
-        "scheduler": "auto",     # timm (flowvision CosineLRScheduler) | oneflow (WarmupLR+CosineDecayLR, runs in a
-                                 # graph) | auto: oneflow in graph, timm in eager (engine/schedule.py)
+        "schedule_unit": "update",  # epoch: the lr moves once per epoch (the official runs: timm t_in_epochs=True,
+                                 # configs/posmlp_{t,s,b}.yaml); update: every update (engine/schedule.py)
+        "scheduler": "auto",     # schedule_unit=update only: timm (flowvision CosineLRScheduler) | oneflow
+                                 # (WarmupLR+CosineDecayLR, runs in a graph) | auto: oneflow in graph, timm in eager
         "log_interval": 50,      # optimizer steps between console/TensorBoard scalars
         "eval_interval": 1,      # epochs between evaluations
     },
@@ -98,6 +103,7 @@ CHOICES = {
     ("train", "optimizer"): ("adamw",),
     ("train", "clip_mode"): ("norm",),
     ("train", "clip_scope"): ("auto", "global", "group"),
+    ("train", "schedule_unit"): ("epoch", "update"),
     ("train", "scheduler"): ("auto", "timm", "oneflow"),
     ("aug", "mixup_mode"): ("batch",),
     ("aug", "remode"): ("pixel", "rand", "const"),

@@ -2,8 +2,9 @@
 scheduler inside the graph) and an eval graph sharing the module.
 
 Graph options follow the config: gradient clipping by norm (``clip_grad_max_norm`` on the optimizer's
-parameter groups, applied inside the graph; OneFlow 0.9.0 clips each parameter group by that group's own
-norm, not by one norm over all groups: ``tests/test_graph.py`` shows the difference), gradient accumulation, AMP with dynamic loss scaling (CUDA),
+parameter groups, ``engine/optim.py``, applied inside the graph; OneFlow 0.9.0 clips each parameter group by
+that group's own norm, not by one norm over all groups: ``tests/test_graph.py`` shows the difference),
+gradient accumulation, AMP with dynamic loss scaling (CUDA),
 ZeRO sharding of optimizer state, activation checkpointing per level. A graph needs static input shapes:
 train loaders drop the last batch, eval loaders pad.
 
@@ -17,20 +18,9 @@ import oneflow as flow
 import oneflow.nn as nn
 
 from ..models.drop import drop_path_modules, set_drop_path_keep
+from .optim import clip_param_groups  # noqa: F401  (the parameter groups a graph clips by; engine/optim.py)
 
 _log = logging.getLogger("oneflow_posmlp")
-
-
-def clip_param_groups(model, weight_decay, clip_grad):
-    """AdamW parameter groups (no decay on biases and 1-D parameters) with in-graph clipping (per group)."""
-    from .trainer import param_groups
-
-    groups = param_groups(model, weight_decay)
-    if clip_grad and clip_grad > 0:
-        for g in groups:
-            g["clip_grad_max_norm"] = float(clip_grad)
-            g["clip_grad_norm_type"] = 2.0
-    return groups
 
 
 class TrainGraph(nn.Graph):

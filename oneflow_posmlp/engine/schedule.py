@@ -1,18 +1,32 @@
-"""The learning-rate schedule: linear warm-up from ``train.warmup_lr``, then cosine to ``train.min_lr``, per update.
+"""The learning-rate schedule: linear warm-up from ``train.warmup_lr``, then cosine to ``train.min_lr``.
 
-Two implementations, chosen by ``train.scheduler``:
+``train.schedule_unit`` says when the lr moves:
 
-- ``timm``: flowvision's ``CosineLRScheduler`` (timm's, as the official runs): warm-up ramps to the base lr,
-  then ``min_lr + (lr - min_lr) * (1 + cos(pi * t / T)) / 2`` at update ``t`` of ``T``;
-- ``oneflow``: OneFlow's ``WarmupLR(CosineDecayLR)``, the only kind an ``nn.Graph`` can run inside the graph.
-  The same cosine; the warm-up ramps to the cosine's value at its last update instead of to the base lr
-  (lower by ``1 - (1 + cos(pi * W / T)) / 2``: 0.27% for 10 of 300 epochs), so there is no step at its end.
+- ``epoch`` (the official runs): timm's ``CosineLRScheduler`` with ``t_in_epochs=True``, stepped once per
+  epoch (the official ``main.py`` calls ``lr_scheduler.step(epoch + 1)`` after each epoch), so epoch ``e``
+  runs all its updates at the value for ``t = e``: the first epoch at ``warmup_lr``, warm-up ending at epoch
+  ``warmup_epochs`` and the cosine counting from epoch 0 (timm without ``warmup_prefix``). The per-epoch
+  values come from flowvision's ``CosineLRScheduler`` (timm's); :class:`EpochStaircase` holds each one for
+  the epoch's updates, eagerly and inside an ``nn.Graph`` (as a ``piecewise_scaling_conf``), so eager and
+  graph runs share one exact schedule and ``train.scheduler`` does not apply.
+- ``update``: the same curve sampled at every update (``t`` = update / updates per epoch), by one of two
+  implementations chosen by ``train.scheduler``:
 
-``auto`` picks ``oneflow`` for graph training and ``timm`` for eager training; setting ``oneflow`` on an eager
-run reproduces a graph run step by step (debugging).
+  - ``timm``: flowvision's ``CosineLRScheduler`` (timm's) with ``t_in_epochs=False``: warm-up ramps to the
+    base lr, then ``min_lr + (lr - min_lr) * (1 + cos(pi * t / T)) / 2`` at update ``t`` of ``T``;
+  - ``oneflow``: OneFlow's ``WarmupLR(CosineDecayLR)``, which an ``nn.Graph`` runs inside the graph. The same
+    cosine; the warm-up ramps to the cosine's value at its last update instead of to the base lr (lower by
+    ``1 - (1 + cos(pi * W / T)) / 2``: 0.27% for 10 of 300 epochs), so there is no step at its end.
+
+  ``auto`` picks ``oneflow`` for graph training and ``timm`` for eager training; setting ``oneflow`` on an
+  eager run reproduces a graph run step by step (debugging).
+
+Every schedule has ``step_update(num_updates)`` (set the lr of update ``num_updates``, counted from 0) and
+``native`` (the OneFlow ``LRScheduler`` a graph runs, or ``None``).
 """
 import oneflow as flow
 from flowvision.scheduler import CosineLRScheduler
+from oneflow.nn.optimizer.lr_scheduler import LRScheduler
 
 
 class OneFlowCosine:
@@ -39,7 +53,61 @@ class OneFlowCosine:
         return {"updates": self.updates}
 
 
+class EpochStaircase(LRScheduler):
+    """A per-epoch lr held for every update of the epoch: update ``u`` runs at ``epoch_lrs[u // updates_per_epoch]``
+    (the last value past the end). ``epoch_lrs`` are absolute rates; each parameter group gets its base lr
+    times ``epoch_lr / lr``. An ``nn.Graph`` runs it as OneFlow's ``piecewise_scaling_conf`` (scale ``i`` for
+    graph train steps ``<= boundaries[i]``), so graph and eager runs use the same values."""
+
+    def __init__(self, optimizer, epoch_lrs, updates_per_epoch, lr):
+        if updates_per_epoch < 1 or not epoch_lrs:
+            raise ValueError(f"a staircase needs >= 1 update per epoch and >= 1 epoch, got {updates_per_epoch}, "
+                             f"{len(epoch_lrs)}")
+        self.epoch_lrs = [float(v) for v in epoch_lrs]
+        self.updates_per_epoch = int(updates_per_epoch)
+        self.scales = [v / lr for v in self.epoch_lrs]
+        self.updates = 0
+        super().__init__(optimizer)  # sets the lr of update 0 (last_step 0)
+        self.native = self
+
+    def epoch_of(self, update):
+        return min(update // self.updates_per_epoch, len(self.scales) - 1)
+
+    def get_lr(self, base_lr, step):
+        return base_lr * self.scales[self.epoch_of(step)]
+
+    def step_update(self, num_updates):
+        """Set the optimizer's lr to the value of update ``num_updates`` (an update count, not a delta)."""
+        if num_updates < self.updates:
+            raise ValueError(f"the schedule is at update {self.updates}; it cannot go back to {num_updates}")
+        self.updates = num_updates
+        self.last_step = num_updates
+        self.update_lrs([self.get_lr(base_lr, num_updates) for base_lr in self.base_lrs])
+
+    def state_dict(self):
+        return {"updates": self.updates}
+
+    def _generate_conf_for_graph(self, lr_conf):
+        lr_conf.piecewise_scaling_conf.SetInParent()
+        conf = lr_conf.piecewise_scaling_conf
+        conf.boundaries.extend([(e + 1) * self.updates_per_epoch - 1 for e in range(len(self.scales) - 1)])
+        conf.scales.extend(self.scales)
+
+
+def timm_epoch_lrs(train_cfg, lr):
+    """The official per-epoch rates: timm's ``CosineLRScheduler(t_initial=epochs, warmup_t=warmup_epochs,
+    t_in_epochs=True)`` (flowvision's copy) at epochs ``0 .. epochs - 1``."""
+    probe = flow.optim.SGD([flow.nn.Parameter(flow.zeros(1))], lr=lr)  # the timm scheduler writes to its optimizer
+    timm = CosineLRScheduler(probe, t_initial=train_cfg["epochs"], lr_min=train_cfg["min_lr"],
+                             warmup_t=train_cfg["warmup_epochs"], warmup_lr_init=train_cfg["warmup_lr"],
+                             t_in_epochs=True, cycle_limit=1)
+    return [timm.get_epoch_values(e)[0] for e in range(train_cfg["epochs"])]
+
+
 def resolve_scheduler_kind(train_cfg):
+    """``epoch`` (the staircase), or for per-update schedules ``timm`` / ``oneflow``."""
+    if train_cfg.get("schedule_unit", "update") == "epoch":
+        return "epoch"
     kind = train_cfg["scheduler"]
     if kind == "auto":
         return "oneflow" if train_cfg["graph"] else "timm"
@@ -48,9 +116,14 @@ def resolve_scheduler_kind(train_cfg):
 
 def build_scheduler(optimizer, train_cfg, lr, updates_per_epoch):
     """The schedule of ``train_cfg`` (``train:`` section) over ``epochs * updates_per_epoch`` updates."""
+    kind = resolve_scheduler_kind(train_cfg)
+    if kind == "epoch":
+        return EpochStaircase(optimizer, timm_epoch_lrs(train_cfg, lr), max(int(updates_per_epoch), 1), lr)
     total = int(round(train_cfg["epochs"] * updates_per_epoch))
     warmup = int(round(train_cfg["warmup_epochs"] * updates_per_epoch))
-    if resolve_scheduler_kind(train_cfg) == "oneflow":
+    if kind == "oneflow":
         return OneFlowCosine(optimizer, total, warmup, lr, train_cfg["warmup_lr"], train_cfg["min_lr"])
-    return CosineLRScheduler(optimizer, t_initial=total, lr_min=train_cfg["min_lr"], warmup_t=warmup,
+    timm = CosineLRScheduler(optimizer, t_initial=total, lr_min=train_cfg["min_lr"], warmup_t=warmup,
                              warmup_lr_init=train_cfg["warmup_lr"], t_in_epochs=False, cycle_limit=1)
+    timm.native = None
+    return timm

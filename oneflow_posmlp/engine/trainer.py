@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import oneflow as flow
-from flowvision.utils.model_ema import ModelEmaV2
 
 from ..checkpoint.convert import load_into_model
 from ..checkpoint.oneflow_io import load_oneflow_weights
@@ -24,19 +23,10 @@ from .graph import EvalGraph, TrainGraph, graph_optimizer_state, load_graph_opti
 from .logger import CsvLog, TensorBoardWriter, setup_logging
 from .loss_scaler import DynamicLossScaler, autocast
 from .metrics import EvalMeter
+from .optim import build_ema, build_optimizer, clip_gradients
 from .randomness import drop_path_seed, numpy_seeded, seed_oneflow
 from .schedule import build_scheduler, resolve_scheduler_kind
 from .state import load_training_state, rng_state, save_training_state, set_rng_state
-
-
-def param_groups(model, weight_decay):
-    """timm's rule: no weight decay on biases and 1-D parameters (norm scales)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 @contextlib.contextmanager
@@ -84,7 +74,7 @@ class Trainer:
         state = load_training_state(resume_path, cfg) if resume_path else None
         if state:
             self.model.load_state_dict(state["model"])
-        self.ema = ModelEmaV2(self.model, decay=t["ema_decay"]) if t["ema"] else None
+        self.ema = build_ema(self.model, t)
         if state and self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
         self.ctx.apply(self.model)
@@ -96,11 +86,7 @@ class Trainer:
         self.updates_per_epoch = max(self._batches_per_epoch() // self.accum, 1)
         self.lr = scaled_lr(cfg)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = param_groups(self.model, t["weight_decay"])
-        if self.graph and t["clip_grad"] > 0:  # clipping inside the graph, by each group's norm
-            for g in groups:
-                g.update(clip_grad_max_norm=float(t["clip_grad"]), clip_grad_norm_type=2.0)
-        self.optimizer = flow.optim.AdamW(groups, lr=self.lr, betas=tuple(t["opt_betas"]), eps=t["opt_eps"])
+        self.optimizer = build_optimizer(self.model, t, self.lr, graph=self.graph, clip_scope=self.clip_scope)
         self.scheduler = build_scheduler(self.optimizer, t, self.lr, self.updates_per_epoch)
         self.amp = t["amp"] and self.ctx.device == "cuda"
         self.scaler = DynamicLossScaler(enabled=self.amp and not self.graph)
@@ -307,14 +293,9 @@ class Trainer:
         params = self.params
         finite = self.scaler.unscale_and_check(params)
         grad_norm = float("nan")
-        if finite:
-            clip = self.cfg["train"]["clip_grad"]
-            clip = clip if clip > 0 else math.inf
-            if self.clip_scope == "group":  # as a graph does: each parameter group by its own norm
-                norms = [self.ctx.clip_grad_norm_(g.parameters, clip) for g in self.optimizer.param_groups]
-                grad_norm = math.sqrt(sum(n * n for n in norms))  # logged: the norm before clipping, of all
-            else:
-                grad_norm = self.ctx.clip_grad_norm_(params, clip)
+        if finite:  # logged: the norm of all gradients before clipping
+            grad_norm = clip_gradients(self.optimizer, self.cfg["train"]["clip_grad"], self.clip_scope,
+                                       self.ctx.clip_grad_norm_)
             self.optimizer.step()
         self.optimizer.zero_grad()
         return grad_norm
@@ -386,13 +367,9 @@ def _check_graph_options(t, dist):
                           "failed: separated_header_mem_ptr() == nullptr); ZeRO is for CUDA runs, use "
                           "dist.zero_stage=0 on CPU")
     scope = t["clip_scope"] if t["clip_scope"] != "auto" else ("group" if t["graph"] else "global")
-    if t["graph"] and scope != "group":
-        raise ConfigError("train.clip_scope=global with train.graph=true: an nn.Graph in OneFlow 0.9.0 clips each "
-                          "optimizer parameter group by its own norm; use train.clip_scope=group (or auto), or "
-                          "train.graph=false")
-    if t["graph"] and resolve_scheduler_kind(t) != "oneflow":
+    if t["graph"] and resolve_scheduler_kind(t) == "timm":
         raise ConfigError("train.scheduler=timm with train.graph=true: a graph runs only OneFlow's schedulers; use "
-                          "train.scheduler=oneflow (or auto), or train.graph=false")
+                          "train.scheduler=oneflow (or auto), train.schedule_unit=epoch, or train.graph=false")
     return scope
 
 

@@ -1,10 +1,13 @@
 """oneflow-posmlp: PosMLP (positional spatial gating MLP) for OneFlow.
 
 Importing this package first makes the cuDNN/cuBLAS libraries shipped by the ``nvidia-*-cu11``
-wheels loadable, so ``import oneflow`` works without setting ``LD_LIBRARY_PATH``.
+wheels loadable, so ``import oneflow`` works without setting ``LD_LIBRARY_PATH``; it also registers the PosMLP
+variants in flowvision's ``ModelCreator`` (when ``flowvision.models`` is, or gets, imported).
 """
+from ._flowvision_hook import install as _register_in_flowvision
 from ._preload import preload_cuda_libraries
 
 preload_cuda_libraries()
+_register_in_flowvision()
 
 __version__ = "0.1.0"

@@ -126,3 +126,11 @@ def test_cli_empty_class_folder(tiny_demo_root, tmp_path):
     res = tool("train.py", "-c", "configs/demo.yaml", "--output", tmp_path / "o", "--opts",
                *tiny_train_opts(str(root)))
     assert res.returncode == 2 and "cross holds no images" in res.last_err
+
+
+def test_amp_on_cpu_is_reported_once_in_the_log(tiny_demo_root, tmp_path):
+    cfg = load_config("configs/demo.yaml", tiny_train_opts(tiny_demo_root, **{"train.amp": "true"}))
+    trainer = Trainer(cfg, output_dir=str(tmp_path))
+    assert trainer.amp is False
+    with open(os.path.join(str(tmp_path), "log_rank0.txt")) as f:
+        assert f.read().count("train.amp: true is ignored: AMP (autocast, loss scaling) is CUDA-only") == 1

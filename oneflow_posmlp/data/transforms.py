@@ -80,12 +80,34 @@ def build_train_transform(aug, img_size):
     return transforms.Compose(ops)
 
 
-def build_eval_transform(aug, img_size):
-    """flowvision's eval transform: resize to ``size / crop_pct``, centre crop ``size``, normalise."""
+DATA_KEYS = ("input_size", "interpolation", "crop_pct", "mean", "std")
+
+
+def resolve_data_config(default_cfg, aug=None):
+    """timm's ``resolve_data_config``: the eval data settings of a model's ``default_cfg`` (input size, interpolation,
+    crop_pct, mean, std), overridden by a training config's ``aug:`` section when one is given (what the model was
+    trained and evaluated with)."""
+    data = {k: default_cfg[k] for k in DATA_KEYS}
+    if aug is not None:
+        data.update(interpolation=aug["interpolation"], crop_pct=aug["crop_pct"], mean=tuple(aug["mean"]),
+                    std=tuple(aug["std"]))
+    return data
+
+
+def create_eval_transform(data_cfg):
+    """flowvision's eval transform from a data config (a model's ``default_cfg`` or :func:`resolve_data_config`):
+    resize to ``size / crop_pct``, centre crop ``size``, normalise. PIL image -> ``(3, H, W)``."""
     with warnings.catch_warnings():  # flowvision 0.2.1 passes PIL ints to its own Resize, which warns
         warnings.filterwarnings("ignore", "Argument interpolation should be of type InterpolationMode")
-        return create_transform(tuple(img_size), is_training=False, interpolation=aug["interpolation"],
-                                crop_pct=aug["crop_pct"], mean=tuple(aug["mean"]), std=tuple(aug["std"]))
+        return create_transform(tuple(data_cfg["input_size"][-2:]), is_training=False,
+                                interpolation=data_cfg["interpolation"], crop_pct=data_cfg["crop_pct"],
+                                mean=tuple(data_cfg["mean"]), std=tuple(data_cfg["std"]))
+
+
+def build_eval_transform(aug, img_size):
+    """The eval transform of a config's ``aug:`` section at ``img_size`` (see :func:`create_eval_transform`)."""
+    return create_eval_transform(dict(input_size=(3, *img_size), interpolation=aug["interpolation"],
+                                      crop_pct=aug["crop_pct"], mean=aug["mean"], std=aug["std"]))
 
 
 def build_transforms(cfg, train):

@@ -89,6 +89,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, t, self.lr, graph=self.graph, clip_scope=self.clip_scope)
         self.scheduler = build_scheduler(self.optimizer, t, self.lr, self.updates_per_epoch)
         self.amp = t["amp"] and self.ctx.device == "cuda"
+        if t["amp"] and not self.amp:
+            self.log.warning("train.amp: true is ignored: AMP (autocast, loss scaling) is CUDA-only and this run is on "
+                             f"{self.ctx.device}; training runs in float32")
         self.scaler = DynamicLossScaler(enabled=self.amp and not self.graph)
         self.train_graph = self.eval_graphs = None
         if self.graph:
@@ -165,6 +168,7 @@ class Trainer:
             "updates": self.updates, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
             "best_top1": self.best_top1, "best_epoch": self.best_epoch, "rng": rng_state(),
             "sampler": self.sampler.state_dict(), "config": self.cfg,
+            "classes": getattr(self.train_set, "classes", None),  # ImageFolder class names, for tools/predict.py
         }
 
     def save(self, name):

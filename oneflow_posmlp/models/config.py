@@ -6,6 +6,7 @@ returns the complete, validated keyword set; every error names the offending val
 """
 import copy
 import difflib
+import math
 
 DEFAULTS = dict(
     img_size=[224, 224],
@@ -44,6 +45,26 @@ REGISTRY = {
     # T at 384x384. The official PosMLP_T14_384 keeps windows (14, 14, 14, 7), which do not tile its
     # 96/48/24/12 feature maps and fails; windows of 12 tile every level (64/16/4/1 windows).
     "posmlp_t_384": dict(img_size=[384, 384], win_size=[12, 12, 12, 12]),
+}
+
+# timm/flowvision-style per-model defaults (``model.default_cfg``): the data a model expects. The ImageNet mean
+# and std equal flowvision.data.constants.IMAGENET_DEFAULT_MEAN/STD (a test checks); 0.9 bicubic is the official
+# PosMLP eval transform. Entries of PRETRAINED_CFGS override DEFAULT_CFG per registered name.
+DEFAULT_CFG = dict(
+    url="",
+    num_classes=1000,
+    input_size=(3, 224, 224),
+    pool_size=(7, 7),
+    crop_pct=0.9,
+    interpolation="bicubic",
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    first_conv="patch_embed.projs.0",
+    classifier="head",
+)
+PRETRAINED_CFGS = {
+    "posmlp_t": {}, "posmlp_s": {}, "posmlp_b": {},
+    "posmlp_t_384": dict(crop_pct=1.0),  # timm's convention at 384: no border cropped
 }
 
 ALIASES = {"windows": "win_size"}  # the official YAML's model_hyper spells win_size "windows"
@@ -161,3 +182,24 @@ def feature_sizes(cfg):
     """``[(H_i, W_i)]`` of every level of a resolved config."""
     h, w = cfg["img_size"]
     return [(h // 4 // 2 ** i, w // 4 // 2 ** i) for i in range(cfg["num_levels"])]
+
+
+def default_cfg(cfg):
+    """timm-style default configuration of a resolved model config: ``input_size``, ``pool_size``, ``crop_pct``,
+    ``interpolation``, ``mean``, ``std``, ``num_classes``, ``first_conv``, ``classifier``, ``architecture``."""
+    out = dict(DEFAULT_CFG, **PRETRAINED_CFGS.get(cfg.get("name"), {}))
+    h, w = cfg["img_size"]
+    last = 2 ** (cfg["num_levels"] + 1)
+    out.update(architecture=cfg.get("name") or "posmlp", num_classes=cfg["num_classes"],
+               input_size=(cfg["in_chans"], h, w), pool_size=(h // last, w // last))
+    return out
+
+
+def input_size_multiple(cfg, levels=None):
+    """The smallest side ``m`` such that every side divisible by ``m`` gives feature maps that the windows of
+    ``levels`` (default: all) tile: level ``i`` has stride ``4 * 2**i`` and windows of ``win_size[i]``."""
+    m = 1
+    for i in range(cfg["num_levels"]) if levels is None else levels:
+        k = 4 * 2 ** i * cfg["win_size"][i]
+        m = m * k // math.gcd(m, k)
+    return m

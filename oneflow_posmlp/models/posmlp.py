@@ -4,8 +4,9 @@ import oneflow as flow
 import oneflow.nn as nn
 from flowvision.layers import trunc_normal_
 
-from .config import feature_sizes, resolve_model_config
+from .config import default_cfg, feature_sizes, input_size_multiple, resolve_model_config
 from .drop import dropout
+from .features import level_info, resolve_out_indices
 from .layers import PosMLPLayer, PosMLPLevel
 from .patch_embed import POOL_LAYERS, ConvPatchEmbed
 from .posgu import GATE_UNITS, SGU
@@ -17,12 +18,26 @@ class PosMLP(nn.Module):
     ``(B, in_chans, H, W)`` -> stem (stride 4) -> levels (each but the first halves the resolution)
     -> LayerNorm -> global average pool -> dropout -> ``head`` -> ``(B, num_classes)``.
     Build it from keyword arguments mirroring the official ones, or with :func:`build_model`.
+
+    timm/flowvision conventions: ``num_features`` (channels into the head), ``default_cfg`` (= ``pretrained_cfg``:
+    input size, mean, std, crop_pct, interpolation, ...), ``feature_info`` (channels and stride of every level),
+    ``forward_features``, ``forward_head``, ``reset_classifier``. ``features_only=True`` builds a backbone whose
+    forward returns the maps ``(B, C_i, H / s_i, W / s_i)`` of the levels in ``out_indices`` (strides 4, 8, 16, 32),
+    without final norm and head, at any input size whose feature maps the windows tile.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, features_only=False, out_indices=None, **kwargs):
         super().__init__()
+        if features_only:
+            kwargs["num_classes"] = 0
         cfg = resolve_model_config(kwargs)
         self.config = cfg
+        self.features_only = bool(features_only)
+        self.out_indices = resolve_out_indices(out_indices, cfg["num_levels"])
+        self.num_features = cfg["embed_dims"][-1]
+        self.default_cfg = self.pretrained_cfg = default_cfg(cfg)
+        info = level_info(cfg["embed_dims"])
+        self.feature_info = type(info)(info[i] for i in self.out_indices) if features_only else info
         self.num_classes = cfg["num_classes"]
         self.num_levels = cfg["num_levels"]
         self.drop_rate = cfg["drop_rate"]
@@ -53,7 +68,8 @@ class PosMLP(nn.Module):
             levels.append(PosMLPLevel(blocks, win, pool))
             layer_idx += depth
         self.levels = nn.Sequential(*levels)
-        self.norm = norm_layer(dims[-1])
+        # a features_only backbone has neither (timm drops them too): its state dict lacks norm.* and head.*
+        self.norm = nn.Identity() if features_only else norm_layer(dims[-1])
         self.head = nn.Linear(dims[-1], self.num_classes) if self.num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
         for m in self.modules():
@@ -61,11 +77,39 @@ class PosMLP(nn.Module):
                 m.init_weights()
 
     def check_input(self, x):
-        if x.ndim != 4 or x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.img_size:
+        """The classifier takes ``(B, in_chans, *img_size)``; a ``features_only`` model without shifted windows
+        takes any ``(B, in_chans, H, W)`` whose feature maps (up to the last returned level) the windows tile."""
+        if x.ndim == 4 and x.shape[1] == self.in_chans and tuple(x.shape[2:]) == self.img_size:
+            return
+        shifted = any(level.shifted for level in self.levels)
+        if self.features_only and not shifted and x.ndim == 4 and x.shape[1] == self.in_chans:
+            m = input_size_multiple(self.config, range(self.out_indices[-1] + 1))
+            if x.shape[2] % m == 0 and x.shape[3] % m == 0:
+                return
             raise ValueError(
-                f"PosMLP expects input of shape (B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), "
-                f"got {tuple(x.shape)}; resize the images to model.img_size or build the model with "
-                f"img_size={list(x.shape[2:]) if x.ndim == 4 else '...'}")
+                f"PosMLP features: input {x.shape[2]}x{x.shape[3]} gives feature maps that the windows "
+                f"{self.config['win_size']} do not tile; height and width must be multiples of {m} "
+                f"(stride x window of every level up to {self.out_indices[-1]}): resize or pad the images")
+        sizes = ""
+        if self.features_only and shifted:
+            sizes = " (shifted windows fix the feature map sizes, so a features_only model takes img_size only)"
+        raise ValueError(
+            f"PosMLP expects input of shape (B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), "
+            f"got {tuple(x.shape)}; resize the images to model.img_size or build the model with "
+            f"img_size={list(x.shape[2:]) if x.ndim == 4 else '...'}{sizes}")
+
+    def forward_levels(self, x):
+        """``(B, in_chans, H, W)`` -> the maps ``(B, C_i, H / 2**(i+2), W / 2**(i+2))`` of ``out_indices``."""
+        self.check_input(x)
+        x = self.patch_embed(x)
+        out = []
+        for i, level in enumerate(self.levels):
+            if i > self.out_indices[-1]:
+                break
+            x = level(x)
+            if i in self.out_indices:
+                out.append(x)
+        return out
 
     def forward_features(self, x):
         """``(B, in_chans, H, W) -> (B, C_last, H/32, W/32)`` (for 4 levels), after the final LayerNorm."""
@@ -80,12 +124,20 @@ class PosMLP(nn.Module):
         return self.head(x)
 
     def forward(self, x):
+        if self.features_only:
+            return self.forward_levels(x)
         return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self):
+        return self.head
 
     def reset_classifier(self, num_classes):
         """Replace the head, e.g. to fine-tune on another label set."""
+        if self.features_only:
+            raise ValueError("a features_only PosMLP has no classifier; build it without features_only")
         self.num_classes = num_classes
         self.config["num_classes"] = num_classes
+        self.default_cfg["num_classes"] = num_classes
         dim = self.norm.weight.shape[0]
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
@@ -104,9 +156,16 @@ def _init_weights(m):
         nn.init.zeros_(m.bias)
 
 
+BACKBONE_KWARGS = ("features_only", "out_indices")
+
+
 def build_model(model_cfg=None, **overrides):
-    """A :class:`PosMLP` from a config ``model:`` section (dict); ``name`` picks a registry entry."""
-    return PosMLP(**resolve_model_config(model_cfg, **overrides))
+    """A :class:`PosMLP` from a config ``model:`` section (dict); ``name`` picks a registry entry.
+
+    ``features_only=True`` (with ``out_indices``) builds the multi-scale backbone (see :class:`PosMLP`).
+    """
+    backbone = {k: overrides.pop(k) for k in BACKBONE_KWARGS if k in overrides}
+    return PosMLP(**resolve_model_config(model_cfg, **overrides), **backbone)
 
 
 def create_model(name, **overrides):

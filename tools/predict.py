@@ -1,0 +1,68 @@
+"""Predict the top-k classes of images (files or folders) with a trained or converted PosMLP.
+
+    python tools/predict.py -c configs/demo.yaml --weights output/demo/best data/demo_shapes/val [--json]
+"""
+import json
+import sys
+
+import oneflow_posmlp  # noqa: F401  (before oneflow)
+from oneflow_posmlp.cli import config_parser, run
+
+
+def main(argv=None):
+    p = config_parser(__doc__.splitlines()[0])
+    p.add_argument("--weights", required=True, help="a training checkpoint directory or converted weights")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
+    p.add_argument("--labels", help="class names: a text file with one name per line, or a JSON list "
+                                     "(default: the classes stored with the weights)")
+    p.add_argument("--topk", type=int, default=5, help="classes reported per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    args = p.parse_args(argv)
+    if args.topk < 1 or args.batch_size < 1:
+        p.error("--topk and --batch-size must be at least 1")
+
+    def go():
+        import oneflow as flow
+
+        from oneflow_posmlp.checkpoint import CheckpointError
+        from oneflow_posmlp.checkpoint.convert import load_into_model
+        from oneflow_posmlp.checkpoint.oneflow_io import load_oneflow_weights
+        from oneflow_posmlp.config import load_config
+        from oneflow_posmlp.data import create_eval_transform, resolve_data_config
+        from oneflow_posmlp.models import build_model
+        from oneflow_posmlp.predict import check_names, class_names, collect_images, format_table, predict
+
+        cfg = load_config(args.config, list(args.opts))
+        files, errors = collect_images(args.paths)
+        model = build_model(cfg["model"])
+        if args.ema:
+            state = flow.load(args.weights)
+            if not isinstance(state, dict) or state.get("ema") is None:
+                raise CheckpointError(f"--ema: {args.weights} holds no EMA weights")
+            weights = state["ema"]
+        else:
+            weights = load_oneflow_weights(args.weights)
+        load_into_model(model, {k: v.numpy() for k, v in weights.items()})
+        names = check_names(class_names(args.weights, args.labels), model.num_classes)
+        transform = create_eval_transform(resolve_data_config(model.default_cfg, cfg["aug"]))
+        results = [{"path": path, "error": reason} for path, reason in errors]
+        results += list(predict(model, transform, files, names, topk=args.topk, batch_size=args.batch_size))
+        failed = [r for r in results if "error" in r]
+        if args.json:
+            print(json.dumps({"predictions": [r for r in results if "error" not in r], "errors": failed}, indent=1))
+        else:
+            print(format_table(results))
+        for r in failed:
+            print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
+        if len(failed) == len(results):
+            print("error: no image could be read; pass image files or folders holding images", file=sys.stderr)
+            return 2
+        return 0
+
+    return run(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

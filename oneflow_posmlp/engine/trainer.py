@@ -14,7 +14,7 @@ import oneflow as flow
 from flowvision.utils.model_ema import ModelEmaV2
 
 from ..checkpoint.convert import load_into_model
-from ..checkpoint.oneflow_io import load_oneflow_weights
+from ..checkpoint.weights import load_weights
 from ..config import ConfigError, dump_config, scaled_lr
 from ..data import build_datasets, build_mixup, build_train_criterion, build_train_loader, build_val_loader
 from ..models import build_model
@@ -142,8 +142,7 @@ class Trainer:
         return resume
 
     def _load_init(self, path):
-        state = load_oneflow_weights(path)
-        arrays = {k: v.numpy() for k, v in state.items()}
+        arrays, _ = load_weights(path)  # safetensors, or a OneFlow directory through the restricted reader
         dropped = load_into_model(self.model, arrays, allow_head_mismatch=True)
         self.log.info(f"initialised from {path}" + (f" (kept a fresh classifier: {', '.join(dropped)})" if dropped else ""))
 
@@ -176,6 +175,7 @@ class Trainer:
             "updates": self.updates, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
             "best_top1": self.best_top1, "best_epoch": self.best_epoch, "rng": rng_state(),
             "sampler": self.sampler.state_dict(), "config": self.cfg,
+            "classes": list(getattr(self.train_set, "classes", None) or []) or None,  # ImageFolder class names
         }
 
     def save(self, name):

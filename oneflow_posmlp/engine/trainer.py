@@ -62,6 +62,10 @@ class Trainer:
         self.graph = t["graph"]
         self.clip_scope = _check_graph_options(t, cfg["dist"])
         self.out = output_dir or cfg["output"]["dir"]
+        # checkpoints are read (safely, see checkpoint.oneflow_reader) before anything is written
+        init_arrays = load_weights(init)[0] if init else None
+        resume_path = self._resume_path(resume)
+        state = load_training_state(resume_path, cfg) if resume_path else None
         self.log = setup_logging(self.out, self.ctx.rank)
         self._seed(t["seed"])
 
@@ -75,11 +79,9 @@ class Trainer:
 
         self.model = build_model(cfg["model"])
         if init:
-            self._load_init(init)
+            self._load_init(init_arrays, init)
         if weights is not None:  # {name: array}, loaded strictly (tools/eval.py), before the model goes global
             load_into_model(self.model, weights)
-        resume_path = self._resume_path(resume)
-        state = load_training_state(resume_path, cfg) if resume_path else None
         if state:
             self.model.load_state_dict(state["model"])
         self.ema = ModelEmaV2(self.model, decay=t["ema_decay"]) if t["ema"] else None
@@ -141,8 +143,7 @@ class Trainer:
             return last if os.path.isdir(last) else None
         return resume
 
-    def _load_init(self, path):
-        arrays, _ = load_weights(path)  # safetensors, or a OneFlow directory through the restricted reader
+    def _load_init(self, arrays, path):
         dropped = load_into_model(self.model, arrays, allow_head_mismatch=True)
         self.log.info(f"initialised from {path}" + (f" (kept a fresh classifier: {', '.join(dropped)})" if dropped else ""))
 

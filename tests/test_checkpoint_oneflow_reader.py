@@ -13,6 +13,7 @@ import pytest
 
 from conftest import TINY_MODEL_CFG, tiny_train_opts
 from oneflow_posmlp.checkpoint import CheckpointError, UnsafeCheckpointError, load_weights, read_oneflow_checkpoint
+from oneflow_posmlp.checkpoint.convert import convert_torch_to_oneflow, export_oneflow_to_safetensors
 from oneflow_posmlp.checkpoint.oneflow_io import save_oneflow_weights
 from oneflow_posmlp.config import load_config
 from oneflow_posmlp.engine import Trainer
@@ -73,6 +74,19 @@ def test_training_checkpoint_gives_model_or_ema_weights_and_metadata(trained):
         part = ref["ema" if ema else "model"]
         assert all(np.array_equal(arrays[k], v.numpy()) for k, v in part.items())
         assert meta["classes"] == ref["classes"] and meta["model"] == ref["config"]["model"]
+
+
+def test_export_of_a_training_checkpoint_carries_model_config_and_classes(trained, tmp_path):
+    path = os.path.join(trained, "last")
+    export_oneflow_to_safetensors(path, tmp_path / "e.safetensors", ema=True, log=lambda *a: None)
+    arrays, meta = load_weights(tmp_path / "e.safetensors")
+    ref = flow.load(path)
+    assert meta["weights"] == "ema" and meta["classes"] == ref["classes"] and meta["model"] == ref["config"]["model"]
+    assert all(np.array_equal(arrays[k], v.numpy()) for k, v in ref["ema"].items())
+    # converting that file again needs no --model (its metadata has the config) and keeps the class names
+    _, again = convert_torch_to_oneflow(tmp_path / "e.safetensors", tmp_path / "c.safetensors", log=lambda *a: None)
+    assert load_weights(tmp_path / "c.safetensors")[1]["classes"] == ref["classes"]
+    assert again["model_from"] == "the safetensors metadata"
 
 
 class Evil:

@@ -89,6 +89,9 @@ def test_export_to_safetensors_is_what_the_official_model_loads(tmp_path):
     assert list(back) == list(official)  # same keys (strict=True loads), same order
     for k, v in official.items():
         assert back[k].dtype == v.dtype and back[k].shape == v.shape and np.array_equal(back[k], v), k
+    _, meta = load_weights(tmp_path / "back.safetensors")
+    assert meta["origin_sha256"] == load_meta(tmp_path / "of")["source_sha256"]
+    assert meta["model"] == load_meta(tmp_path / "of")["model"] and meta["source_format"] == "oneflow directory"
 
 
 def test_float16_output(tmp_path):

@@ -189,7 +189,10 @@ def export_oneflow_to_safetensors(src, dst, ema=False, log=print):
     if not is_oneflow_checkpoint(src):
         raise CheckpointError(f"--src {src}: not a OneFlow checkpoint directory")
     arrays, meta = load_weights(src, ema=ema)
-    meta = dict(meta, source=os.path.abspath(str(src)), source_format="oneflow directory",
+    meta = dict(meta)
+    if "source_sha256" in meta:  # converted weights: keep where they came from
+        meta["origin"], meta["origin_sha256"] = meta.pop("source", None), meta.pop("source_sha256")
+    meta.update(source=os.path.abspath(str(src)), source_format="oneflow directory",
                 weights="ema" if ema else meta.get("weights", "model"))
     save_weights(arrays, dst, meta)
     log(f"wrote {dst} ({len(arrays)} tensors, safetensors)")

@@ -120,7 +120,7 @@ def save_safetensors(tensors, path, metadata=None):
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
             for arr in arrays:
-                f.write(arr.tobytes(order="C"))
+                f.write(arr.reshape(-1).view(np.uint8))  # the array's own bytes, no copy
         os.replace(tmp, path)
     except OSError as err:
         full = disk_full_error(err, path, 8 + len(blob) + offset)

@@ -4,7 +4,7 @@ import json
 import os
 
 from .atomic import atomic_path
-from .errors import CheckpointError
+from .errors import CheckpointError, disk_full_error
 from .oneflow_reader import is_oneflow_checkpoint, read_oneflow_checkpoint
 from .weights import META_NAME
 
@@ -15,11 +15,17 @@ def save_oneflow_weights(state_dict, dst, meta=None):
     """``flow.save(state_dict)`` to ``dst`` (a directory) atomically; ``meta`` goes to ``dst/posmlp_meta.json``."""
     import oneflow as flow
 
-    with atomic_path(dst) as tmp:
-        flow.save(state_dict, tmp)
-        if meta is not None:
-            with open(os.path.join(tmp, META_NAME), "w") as f:
-                json.dump(meta, f, indent=2, sort_keys=True, default=str)
+    try:
+        with atomic_path(dst) as tmp:
+            flow.save(state_dict, tmp)
+            if meta is not None:
+                with open(os.path.join(tmp, META_NAME), "w") as f:
+                    json.dump(meta, f, indent=2, sort_keys=True, default=str)
+    except OSError as err:
+        full = disk_full_error(err, dst, sum(v.nelement() * v.element_size() for v in state_dict.values()))
+        if full is None:
+            raise
+        raise full from None
 
 
 def load_oneflow_weights(path):

@@ -50,23 +50,13 @@ def read_labels(path):
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def class_names(weights_path, labels_file=None):
-    """Class names for predictions: ``labels_file`` if given, else the ``classes`` stored with the weights (training
-    checkpoints; converted weights' ``posmlp_meta.json``), else None."""
+def class_names(meta, labels_file=None):
+    """Class names for predictions: ``labels_file`` if given, else the ``classes`` stored with the weights
+    (``meta``: the metadata of :func:`oneflow_posmlp.checkpoint.load_weights`; training checkpoints and the
+    safetensors converted or exported from them carry them), else None."""
     if labels_file:
         return read_labels(labels_file)
-    from .checkpoint.oneflow_io import is_oneflow_checkpoint, load_meta
-
-    meta = load_meta(weights_path) or {}
-    if meta.get("classes"):
-        return list(meta["classes"])
-    if is_oneflow_checkpoint(weights_path):
-        import oneflow as flow
-
-        state = flow.load(str(weights_path))  # a training checkpoint (as tools/eval.py loads it)
-        if isinstance(state, dict) and state.get("classes"):
-            return list(state["classes"])
-    return None
+    return list(meta["classes"]) if meta and meta.get("classes") else None
 
 
 def check_names(names, num_classes):

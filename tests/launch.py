@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import numpy as np
-import oneflow as flow
 
 from conftest import tiny_train_opts
+from oneflow_posmlp.checkpoint import read_oneflow_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300
@@ -56,7 +56,7 @@ def updates(out, grad_norm=True):
 
 def max_state_diff(a_dir, b_dir):
     """Largest absolute difference of model weights and optimizer moments between two training checkpoints."""
-    a, b = flow.load(str(a_dir)), flow.load(str(b_dir))
+    a, b = read_oneflow_checkpoint(a_dir), read_oneflow_checkpoint(b_dir)
     worst = max(np.abs(v.numpy().astype(np.float64) - b["model"][k].numpy()).max() for k, v in a["model"].items())
     for idx, st in a["optimizer"]["state"].items():
         if isinstance(st, dict):

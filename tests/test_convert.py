@@ -1,4 +1,5 @@
-"""PyTorch -> OneFlow conversion and back (tools/convert_torch_weights.py and its package functions)."""
+"""PyTorch -> OneFlow conversion and back (tools/convert_torch_weights.py and its package functions): safetensors
+by default, OneFlow directories on request; directories of the previous converter still load."""
 import json
 import os
 import pickle
@@ -7,13 +8,14 @@ import sys
 import zipfile
 
 import numpy as np
+import oneflow as flow
 import pytest
 
 from conftest import REFERENCE, REFERENCE_MODELS
-from oneflow_posmlp.checkpoint import CheckpointError, load_safetensors
+from oneflow_posmlp.checkpoint import CheckpointError, load_safetensors, load_weights
 from oneflow_posmlp.checkpoint.convert import convert_torch_to_oneflow, export_oneflow_to_safetensors, verify
 from oneflow_posmlp.checkpoint.oneflow_io import load_meta, load_oneflow_weights
-from oneflow_posmlp.models import build_model
+from oneflow_posmlp.models import build_model, create_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "convert_torch_weights.py")
@@ -35,22 +37,50 @@ CASES = [(f"{n}.pth.tar", n, ema) for n in REFERENCE_MODELS for ema in (False, T
 @pytest.mark.parametrize("src,name,ema", CASES)
 def test_every_reference_file_converts_and_verifies(tmp_path, src, name, ema):
     meta_json = json.loads((REFERENCE / f"{name}.json").read_text())
-    dst = tmp_path / "out"
+    dst = tmp_path / "out.safetensors"
     # safetensors and the legacy file carry no args: the architecture comes from the model config
     cfg = None if src.endswith(".pth.tar") else meta_json["config"]["model"]
     model, meta = convert_torch_to_oneflow(REFERENCE / src, dst, cfg, "test config", ema=ema, log=quiet)
     assert verify(model, REFERENCE / f"{name}.npz") <= 1e-4
-    # the written directory loads strictly into a fresh model and gives the same logits
-    fresh = build_model(meta["model"])
-    fresh.load_state_dict(load_oneflow_weights(dst), strict=True)
+    # the written file loads strictly into a fresh model and gives the same logits; the header holds the metadata
+    arrays, header = load_weights(dst)
+    assert header["format"] == "pt" and header["weights"] == ("state_dict_ema" if ema else meta["weights"])
+    assert header["model"] == meta["model"] and header["dropped_keys"] == []
+    assert len(header["source_sha256"]) == 64 and header["model"]["embed_dims"] == [16, 32, 64, 128]
+    fresh = build_model(header["model"])
+    fresh.load_state_dict({k: flow.tensor(v) for k, v in arrays.items()}, strict=True)
     assert verify(fresh, REFERENCE / f"{name}.npz") <= 1e-4
-    sidecar = load_meta(dst)
-    assert sidecar["weights"] == ("state_dict_ema" if ema else sidecar["weights"])
-    assert len(sidecar["source_sha256"]) == 64 and sidecar["model"]["embed_dims"] == [16, 32, 64, 128]
+
+
+def test_oneflow_directory_on_request_loads_like_the_previous_version(tmp_path):
+    """--format oneflow writes what the previous converter wrote by default (flow.save directory + posmlp_meta.json);
+    such directories load through the restricted reader."""
+    model, meta = convert_torch_to_oneflow(REFERENCE / "tiny_gqpe.pth.tar", tmp_path / "of", log=quiet,
+                                           out_format="oneflow")
+    assert (tmp_path / "of" / "pickled_data").is_file() and load_meta(tmp_path / "of")["model"] == meta["model"]
+    fresh = build_model(meta["model"])
+    fresh.load_state_dict(load_oneflow_weights(tmp_path / "of"), strict=True)
+    assert verify(fresh, REFERENCE / "tiny_gqpe.npz") <= 1e-4
+    arrays, header = load_weights(tmp_path / "of")
+    assert header["source_sha256"] == meta["source_sha256"] and set(arrays) == set(model.state_dict())
+
+
+def test_create_model_with_weights(tmp_path):
+    cfg = json.loads((REFERENCE / "tiny_gqpe.json").read_text())["config"]["model"]
+    convert_torch_to_oneflow(REFERENCE / "tiny_gqpe.pth.tar", tmp_path / "w.safetensors", log=quiet)
+    over = {k: v for k, v in cfg.items() if k != "name"}
+    model = create_model("posmlp_t", weights=tmp_path / "w.safetensors", **over)
+    assert verify(model, REFERENCE / "tiny_gqpe.npz") <= 1e-4
+    assert model.weights_meta["model"]["embed_dims"] == [16, 32, 64, 128]
+    with pytest.raises(CheckpointError, match="shape mismatch: patch_embed.projs.0.weight"):
+        create_model("posmlp_t", weights=tmp_path / "w.safetensors")
+    other = create_model("posmlp_t", weights=tmp_path / "w.safetensors", **dict(over, num_classes=3))
+    assert tuple(other.head.weight.shape) == (3, 128)  # another classifier: freshly initialised, the rest loaded
+    assert np.array_equal(other.norm.weight.numpy(), model.norm.weight.numpy())
 
 
 def test_export_to_safetensors_is_what_the_official_model_loads(tmp_path):
-    convert_torch_to_oneflow(REFERENCE / "tiny_lrpe_gated.pth.tar", tmp_path / "of", log=quiet)
+    convert_torch_to_oneflow(REFERENCE / "tiny_lrpe_gated.pth.tar", tmp_path / "of", log=quiet, out_format="oneflow")
     export_oneflow_to_safetensors(tmp_path / "of", tmp_path / "back.safetensors", log=quiet)
     back = load_safetensors(tmp_path / "back.safetensors")
     from oneflow_posmlp.checkpoint import extract_state_dict, load_torch_checkpoint
@@ -59,13 +89,16 @@ def test_export_to_safetensors_is_what_the_official_model_loads(tmp_path):
     assert list(back) == list(official)  # same keys (strict=True loads), same order
     for k, v in official.items():
         assert back[k].dtype == v.dtype and back[k].shape == v.shape and np.array_equal(back[k], v), k
+    _, meta = load_weights(tmp_path / "back.safetensors")
+    assert meta["origin_sha256"] == load_meta(tmp_path / "of")["source_sha256"]
+    assert meta["model"] == load_meta(tmp_path / "of")["model"] and meta["source_format"] == "oneflow directory"
 
 
 def test_float16_output(tmp_path):
     convert_torch_to_oneflow(REFERENCE / "tiny_lrpe.pth.tar", tmp_path / "h", dtype="float16", log=quiet)
-    state = load_oneflow_weights(tmp_path / "h")
-    assert str(state["head.weight"].dtype) == "oneflow.float16"
-    assert str(state["levels.0.encoder.0.gate_unit.pos.window_relative_position_index"].dtype) == "oneflow.int64"
+    state, meta = load_weights(tmp_path / "h")
+    assert state["head.weight"].dtype == np.float16 and meta["dtype"] == "float16"
+    assert state["levels.0.encoder.0.gate_unit.pos.window_relative_position_index"].dtype == np.int64
 
 
 def test_shape_mismatch_lists_problems_and_writes_nothing(tmp_path):

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import tiny_train_opts
+from oneflow_posmlp.checkpoint import load_weights
 from oneflow_posmlp.config import load_config
 from oneflow_posmlp.engine import Trainer
 from oneflow_posmlp.predict import class_names, collect_images, read_labels
@@ -41,7 +42,7 @@ def run_predict(capsys, weights, root, *args):
 
 
 def test_training_checkpoint_stores_the_class_names(trained, tiny_demo_root):
-    assert class_names(trained) == sorted(os.listdir(os.path.join(tiny_demo_root, "val")))
+    assert class_names(load_weights(trained)[1]) == sorted(os.listdir(os.path.join(tiny_demo_root, "val")))
 
 
 def test_predict_on_the_validation_images_reproduces_the_eval_top1(trained, tiny_demo_root, capsys):

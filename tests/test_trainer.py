@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import tiny_train_opts
-from oneflow_posmlp.checkpoint import CheckpointError
+from oneflow_posmlp.checkpoint import CheckpointError, save_weights
 from oneflow_posmlp.checkpoint.oneflow_io import save_oneflow_weights
 from oneflow_posmlp.config import load_config
 from oneflow_posmlp.engine import Trainer
@@ -83,10 +83,14 @@ def test_eval_tool_reproduces_the_logged_accuracy(trained, tiny_demo_root):
     assert got["images"] == 16 and got["top1"] == pytest.approx(float(last["eval_top1"]), abs=1e-3)
 
 
-def test_init_from_converted_weights_with_another_head(tiny_demo_root, tmp_path):
+@pytest.mark.parametrize("fmt", ["safetensors", "oneflow directory of the previous converter"])
+def test_init_from_converted_weights_with_another_head(tiny_demo_root, tmp_path, fmt):
     cfg = load_config("configs/demo.yaml", tiny_train_opts(tiny_demo_root, **{"train.epochs": 1}))
     donor = build_model(dict(cfg["model"], num_classes=10))
-    save_oneflow_weights(donor.state_dict(), str(tmp_path / "w"))
+    if fmt == "safetensors":
+        save_weights({k: v.numpy() for k, v in donor.state_dict().items()}, tmp_path / "w")
+    else:
+        save_oneflow_weights(donor.state_dict(), str(tmp_path / "w"))
     trainer = Trainer(cfg, output_dir=str(tmp_path / "out"), init=str(tmp_path / "w"))
     w = trainer.model.levels[0].encoder[0].proj_c_e.weight.numpy()
     assert np.array_equal(w, donor.levels[0].encoder[0].proj_c_e.weight.numpy())

@@ -1,11 +1,14 @@
-"""Convert official PosMLP PyTorch checkpoints to OneFlow (no PyTorch needed; nothing in the file runs).
+"""Convert official PosMLP PyTorch checkpoints to OneFlow weights (no PyTorch needed; nothing in the file runs).
 
-    python tools/convert_torch_weights.py --src CKPT --dst OUT [--model NAME | --config FILE.yaml] [--ema]
-        [--verify REF.npz] [--dtype float32|float16] [--allow-head-mismatch]
-    python tools/convert_torch_weights.py --src ONEFLOW_DIR --dst OUT.safetensors     # the other way
+    python tools/convert_torch_weights.py --src CKPT --dst OUT.safetensors [--model NAME | --config FILE.yaml]
+        [--ema] [--verify REF.npz] [--dtype float32|float16] [--allow-head-mismatch] [--format oneflow]
+    python tools/convert_torch_weights.py --src ONEFLOW_DIR --dst OUT.safetensors [--ema]     # the other way
 
 CKPT: a timm training checkpoint (.pth.tar, zip or legacy format), a bare state dict, or safetensors.
-OUT: a OneFlow weight directory (flow.save layout) with posmlp_meta.json (source, sha256, model config).
+OUT: a safetensors file with the official key names; its header holds the source path and sha256, format,
+which weights, the resolved model config, dtype and dropped keys. --format oneflow writes a flow.save
+directory with posmlp_meta.json instead. ONEFLOW_DIR (converted weights of an earlier version, or a training
+checkpoint such as OUTPUT/best) is read by a restricted reader that runs nothing.
 """
 import argparse
 import sys
@@ -26,6 +29,8 @@ def main(argv=None):
     p.add_argument("--verify", metavar="REF.npz", help="compare eval logits on the npz's input with its logits_eval")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff accepted by --verify (1e-4)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--format", choices=("safetensors", "oneflow"), default="safetensors",
+                   help="output: a safetensors file (default; safe to share) or a OneFlow flow.save directory")
     p.add_argument("--allow-head-mismatch", action="store_true",
                    help="drop classifier (head.*) weights that do not fit, e.g. to fine-tune on other classes")
     args = p.parse_args(argv)
@@ -37,11 +42,12 @@ def main(argv=None):
 
     try:
         if is_oneflow_checkpoint(args.src):
-            export_oneflow_to_safetensors(args.src, args.dst)
+            export_oneflow_to_safetensors(args.src, args.dst, ema=args.ema)
             return 0
         model_cfg, source = _architecture(args)
         model, _ = convert_torch_to_oneflow(args.src, args.dst, model_cfg, source, ema=args.ema,
-                                            allow_head_mismatch=args.allow_head_mismatch, dtype=args.dtype)
+                                            allow_head_mismatch=args.allow_head_mismatch, dtype=args.dtype,
+                                            out_format=args.format)
         if args.verify:
             diff = verify(model, args.verify, args.tolerance)
             print(f"max abs diff: {diff:.3e}")

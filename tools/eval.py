@@ -1,6 +1,10 @@
 """Evaluate a checkpoint (trained or converted): top-1 / top-5 and loss on the validation set.
 
     python tools/eval.py -c configs/posmlp_t.yaml --weights OUTPUT/best [--ema] [--opts key=value ...]
+    python tools/eval.py -c configs/posmlp_t.yaml --weights posmlp_t.safetensors
+
+WEIGHTS: a safetensors file (tools/convert_torch_weights.py) or a training checkpoint directory (read by a
+restricted reader: nothing in it runs).
 """
 import json
 import sys
@@ -11,27 +15,19 @@ from oneflow_posmlp.cli import config_parser, run
 
 def main(argv=None):
     p = config_parser(__doc__.splitlines()[0])
-    p.add_argument("--weights", required=True, help="a training checkpoint directory or converted weights")
+    p.add_argument("--weights", required=True, help="converted weights (.safetensors) or a training checkpoint directory")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
     args = p.parse_args(argv)
 
     def go():
-        import oneflow as flow
-
-        from oneflow_posmlp.checkpoint.oneflow_io import load_oneflow_weights
+        from oneflow_posmlp.checkpoint import load_weights
         from oneflow_posmlp.config import load_config
         from oneflow_posmlp.engine import Trainer
 
         cfg = load_config(args.config, list(args.opts) + ["train.ema=false", "log.tensorboard=false", "log.csv=false"])
-        if args.ema:
-            state = flow.load(args.weights)
-            if not isinstance(state, dict) or state.get("ema") is None:
-                raise oneflow_posmlp.checkpoint.CheckpointError(f"--ema: {args.weights} holds no EMA weights")
-            weights = state["ema"]
-        else:
-            weights = load_oneflow_weights(args.weights)
+        weights, _ = load_weights(args.weights, ema=args.ema)
         # loaded into the local model before it becomes global, so a checkpoint of any layout evaluates in any other
-        trainer = Trainer(cfg, weights={k: v.numpy() for k, v in weights.items()})
+        trainer = Trainer(cfg, weights=weights)
         res = trainer.evaluate()
         if trainer.ctx.is_main:
             print(json.dumps({"top1": round(res["top1"], 3), "top5": round(res["top5"], 3),

@@ -26,11 +26,8 @@ def main(argv=None):
         p.error("--batch-size must be at least 1")
 
     def go():
-        import oneflow as flow
-
-        from oneflow_posmlp.checkpoint import CheckpointError
+        from oneflow_posmlp.checkpoint import load_weights
         from oneflow_posmlp.checkpoint.convert import load_into_model
-        from oneflow_posmlp.checkpoint.oneflow_io import load_oneflow_weights
         from oneflow_posmlp.config import load_config
         from oneflow_posmlp.export.onnx import OnnxUnavailable, export_onnx, import_oneflow_onnx
         from oneflow_posmlp.models import build_model
@@ -43,14 +40,8 @@ def main(argv=None):
         cfg = load_config(args.config, list(args.opts))
         model = build_model(cfg["model"])
         if args.weights:
-            if args.ema:
-                state = flow.load(args.weights)
-                if not isinstance(state, dict) or state.get("ema") is None:
-                    raise CheckpointError(f"--ema: {args.weights} holds no EMA weights")
-                weights = state["ema"]
-            else:
-                weights = load_oneflow_weights(args.weights)
-            load_into_model(model, {k: v.numpy() for k, v in weights.items()})
+            weights, _ = load_weights(args.weights, ema=args.ema)  # nothing in the file runs
+            load_into_model(model, weights)
         if args.features_only:
             backbone = build_model(cfg["model"], features_only=True)
             state = {k: v.numpy() for k, v in model.state_dict().items() if k in backbone.state_dict()}

@@ -11,7 +11,7 @@ from oneflow_posmlp.cli import config_parser, run
 
 def main(argv=None):
     p = config_parser(__doc__.splitlines()[0])
-    p.add_argument("--weights", required=True, help="a training checkpoint directory or converted weights")
+    p.add_argument("--weights", required=True, help="converted weights (.safetensors) or a training checkpoint directory")
     p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     p.add_argument("--labels", help="class names: a text file with one name per line, or a JSON list "
                                      "(default: the classes stored with the weights)")
@@ -24,11 +24,8 @@ def main(argv=None):
         p.error("--topk and --batch-size must be at least 1")
 
     def go():
-        import oneflow as flow
-
-        from oneflow_posmlp.checkpoint import CheckpointError
+        from oneflow_posmlp.checkpoint import load_weights
         from oneflow_posmlp.checkpoint.convert import load_into_model
-        from oneflow_posmlp.checkpoint.oneflow_io import load_oneflow_weights
         from oneflow_posmlp.config import load_config
         from oneflow_posmlp.data import create_eval_transform, resolve_data_config
         from oneflow_posmlp.models import build_model
@@ -37,15 +34,9 @@ def main(argv=None):
         cfg = load_config(args.config, list(args.opts))
         files, errors = collect_images(args.paths)
         model = build_model(cfg["model"])
-        if args.ema:
-            state = flow.load(args.weights)
-            if not isinstance(state, dict) or state.get("ema") is None:
-                raise CheckpointError(f"--ema: {args.weights} holds no EMA weights")
-            weights = state["ema"]
-        else:
-            weights = load_oneflow_weights(args.weights)
-        load_into_model(model, {k: v.numpy() for k, v in weights.items()})
-        names = check_names(class_names(args.weights, args.labels), model.num_classes)
+        weights, meta = load_weights(args.weights, ema=args.ema)  # nothing in the file runs
+        load_into_model(model, weights)
+        names = check_names(class_names(meta, args.labels), model.num_classes)
         transform = create_eval_transform(resolve_data_config(model.default_cfg, cfg["aug"]))
         results = [{"path": path, "error": reason} for path, reason in errors]
         results += list(predict(model, transform, files, names, topk=args.topk, batch_size=args.batch_size))

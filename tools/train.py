@@ -13,7 +13,8 @@ def main(argv=None):
     p = config_parser(__doc__.splitlines()[1])
     p.add_argument("--output", help="output directory (default: output.dir of the config)")
     p.add_argument("--resume", help="training checkpoint to continue from, or 'auto' for OUTPUT/last if present")
-    p.add_argument("--init", help="converted weights to start from (tools/convert_torch_weights.py output)")
+    p.add_argument("--init", help="converted weights to start from (a .safetensors file of "
+                                  "tools/convert_torch_weights.py; OneFlow directories are read safely too)")
     args = p.parse_args(argv)
 
     def go():

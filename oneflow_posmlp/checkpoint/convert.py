@@ -1,22 +1,25 @@
-"""Convert official PosMLP checkpoints (PyTorch) to OneFlow and back, checking every key and shape.
+"""Convert official PosMLP checkpoints (PyTorch) to OneFlow weights and back, checking every key and shape.
 
 PyTorch -> OneFlow: read the file without PyTorch (:mod:`.torch_reader`, :mod:`.safetensors_io`), pick
 the weights (:func:`.extract_state_dict`), find the architecture, check keys and shapes against the
-OneFlow model, copy tensor by tensor into it (at most about two copies of the weights in memory), save.
-OneFlow -> safetensors: a flat file the official PyTorch model loads with ``strict=True``.
+OneFlow model, copy tensor by tensor into it (at most about two copies of the weights in memory), save as
+safetensors with the metadata in the header (or, on request, a OneFlow directory).
+OneFlow directory -> safetensors: a flat file the official PyTorch model loads with ``strict=True``.
 """
 import collections
 import hashlib
 import os
-import struct
 
 import numpy as np
 
 from .errors import CheckpointError
-from .oneflow_io import is_oneflow_checkpoint, load_oneflow_weights, save_oneflow_weights
-from .safetensors_io import load_safetensors, save_safetensors
+from .oneflow_io import is_oneflow_checkpoint, save_oneflow_weights
+from .safetensors_io import is_safetensors, load_safetensors
 from .state_dict import extract_state_dict
 from .torch_reader import Record, load_torch_checkpoint
+from .weights import decode_metadata, load_weights, save_weights
+
+FORMATS = ("safetensors", "oneflow")
 
 HEAD_PREFIX = "head."
 
@@ -29,31 +32,27 @@ def sha256_of(path, chunk=1 << 20):
     return h.hexdigest()
 
 
-def is_safetensors(path):
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9:
-        return False
-    n = struct.unpack("<Q", head[:8])[0]
-    return head[8:9] == b"{" and 0 < n <= os.path.getsize(path) - 8
-
-
 def read_source(path, ema=False):
-    """``(state_dict of numpy arrays, checkpoint args or None, format name, which weights)``."""
+    """``(state_dict of numpy arrays, checkpoint args or None, format name, which weights, class names or None)``.
+
+    A safetensors file written by this project carries its model config and class names in the metadata."""
     path = str(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"--src {path}: no such file")
     if is_safetensors(path):
         if ema:
             raise CheckpointError(f"--ema: {path} is a safetensors file, which holds one set of weights; drop --ema")
-        return load_safetensors(path), None, "safetensors", "(flat safetensors)"
+        state, meta = load_safetensors(path, with_metadata=True)
+        meta = decode_metadata(meta, path)
+        args = {"model_hyper": meta["model"]} if isinstance(meta.get("model"), dict) else None
+        return state, args, "safetensors", "(flat safetensors)", meta.get("classes")
     obj = load_torch_checkpoint(path)
     state = extract_state_dict(obj, ema=ema)
     which = "state_dict_ema" if ema else next((k for k in ("state_dict", "model", "module", "model_state")
                                               if isinstance(obj, dict) and k in obj), "(bare state dict)")
     args = obj.get("args") if isinstance(obj, dict) else None
     fmt = "torch zip" if _is_zip(path) else "torch legacy"
-    return state, args, fmt, which
+    return state, args, fmt, which, None
 
 
 def _is_zip(path):
@@ -127,21 +126,27 @@ def load_into_model(model, state, allow_head_mismatch=False):
 
 
 def convert_torch_to_oneflow(src, dst, model_cfg=None, model_source=None, ema=False, allow_head_mismatch=False,
-                             dtype="float32", log=print):
-    """Convert ``src`` (torch zip/legacy or safetensors) to a OneFlow weight directory ``dst``.
+                             dtype="float32", log=print, out_format="safetensors"):
+    """Convert ``src`` (torch zip/legacy or safetensors) to OneFlow weights at ``dst``: a safetensors file
+    (``out_format="safetensors"``, the metadata in its header) or a OneFlow directory (``"oneflow"``).
 
     ``model_cfg``: a config ``model:`` section (from --model/--config); when None, the checkpoint's
     ``args.model_hyper`` is used. Returns ``(model, meta)``.
     """
     from ..models import build_model, resolve_model_config
 
-    state, args, fmt, which = read_source(src, ema=ema)
+    if out_format not in FORMATS:
+        raise CheckpointError(f"--format must be one of {', '.join(FORMATS)}, got {out_format!r}")
+    if dtype not in ("float32", "float16"):
+        raise CheckpointError(f"--dtype must be float32 or float16, got {dtype!r}")
+    state, args, fmt, which, classes = read_source(src, ema=ema)
     log(f"read {src} ({fmt}): {len(state)} tensors from {which}")
     if model_cfg is None:
         model_cfg = model_config_from_args(args)
-        model_source = "the checkpoint's args.model_hyper"
+        model_source = "the safetensors metadata" if fmt == "safetensors" else "the checkpoint's args.model_hyper"
         if model_cfg is None:
-            raise CheckpointError("no architecture: the checkpoint has no args.model_hyper; pass --model NAME or "
+            raise CheckpointError("no architecture: the checkpoint has no args.model_hyper (nor model metadata); "
+                                  "pass --model NAME or "
                                   "--config FILE.yaml (with a model: section)")
     resolved = resolve_model_config(model_cfg)
     if allow_head_mismatch and "head.weight" in state and tuple(state["head.weight"].shape)[0] != resolved["num_classes"]:
@@ -150,8 +155,6 @@ def convert_torch_to_oneflow(src, dst, model_cfg=None, model_source=None, ema=Fa
     log(f"architecture from {model_source}: {describe(resolved)}")
     model = build_model(resolved)
     dropped = load_into_model(model, state, allow_head_mismatch)
-    if dtype not in ("float32", "float16"):
-        raise CheckpointError(f"--dtype must be float32 or float16, got {dtype!r}")
     out_state = model.state_dict()
     if dtype == "float16":
         import oneflow as flow
@@ -161,10 +164,13 @@ def convert_torch_to_oneflow(src, dst, model_cfg=None, model_source=None, ema=Fa
     meta = {
         "source": os.path.abspath(str(src)), "source_sha256": sha256_of(src), "source_format": fmt,
         "weights": which, "model": resolved, "model_from": model_source, "dtype": dtype,
-        "dropped_keys": dropped,
+        "dropped_keys": dropped, "classes": classes,
     }
-    save_oneflow_weights(out_state, dst, meta)
-    log(f"wrote {dst} ({len(out_state)} tensors, {dtype})")
+    if out_format == "oneflow":
+        save_oneflow_weights(out_state, dst, meta)
+    else:
+        save_weights(collections.OrderedDict((k, v.numpy()) for k, v in out_state.items()), dst, meta)
+    log(f"wrote {dst} ({len(out_state)} tensors, {dtype}, {out_format})")
     return model, meta
 
 
@@ -176,13 +182,19 @@ def describe(cfg):
             f"win_size={cfg['win_size']} gamma={cfg['gamma']} {kind} num_classes={cfg['num_classes']}")
 
 
-def export_oneflow_to_safetensors(src, dst, log=print):
-    """Write the OneFlow weights in ``src`` as a flat safetensors file with the official key names."""
+def export_oneflow_to_safetensors(src, dst, ema=False, log=print):
+    """Write the weights of the OneFlow directory ``src`` (converted weights of an earlier version, or a training
+    checkpoint: its model, or its EMA with ``ema``) as a flat safetensors file with the official key names.
+    ``src`` is read by the restricted reader; its metadata (model config, class names) go into the header."""
     if not is_oneflow_checkpoint(src):
         raise CheckpointError(f"--src {src}: not a OneFlow checkpoint directory")
-    state = load_oneflow_weights(src)
-    arrays = collections.OrderedDict((k, v.numpy()) for k, v in state.items())
-    save_safetensors(arrays, dst, metadata={"format": "pt", "source": os.path.abspath(str(src))})
+    arrays, meta = load_weights(src, ema=ema)
+    meta = dict(meta)
+    if "source_sha256" in meta:  # converted weights: keep where they came from
+        meta["origin"], meta["origin_sha256"] = meta.pop("source", None), meta.pop("source_sha256")
+    meta.update(source=os.path.abspath(str(src)), source_format="oneflow directory",
+                weights="ema" if ema else meta.get("weights", "model"))
+    save_weights(arrays, dst, meta)
     log(f"wrote {dst} ({len(arrays)} tensors, safetensors)")
 
 

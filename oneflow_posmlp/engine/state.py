@@ -1,4 +1,9 @@
-"""Training checkpoints: everything needed to continue a run exactly, written atomically by rank 0."""
+"""Training checkpoints: everything needed to continue a run exactly, written atomically by rank 0.
+
+Format: a ``flow.save`` directory (tensors in their own files, the rest in a pickle). It is read back by the
+restricted reader (:func:`~oneflow_posmlp.checkpoint.read_oneflow_checkpoint`), never by ``flow.load``: a
+checkpoint can only hold tensors, numbers, strings and containers, so a hostile one is refused, not run.
+"""
 import os
 import random
 
@@ -6,7 +11,8 @@ import numpy as np
 import oneflow as flow
 
 from ..checkpoint.atomic import atomic_path
-from ..checkpoint.errors import CheckpointError
+from ..checkpoint.errors import CheckpointError, disk_full_error
+from ..checkpoint.oneflow_reader import is_oneflow_checkpoint, read_oneflow_checkpoint
 
 
 def rng_state():
@@ -24,25 +30,59 @@ def set_rng_state(state):
         flow.cuda.set_rng_state(state["cuda"])
 
 
+def state_nbytes(obj):
+    """Bytes of the tensors and arrays in ``obj`` (recursively): the size of a checkpoint, give or take its pickle."""
+    if isinstance(obj, flow.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(state_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_nbytes(v) for v in obj)
+    return 0
+
+
 def save_training_state(path, state, ctx):
-    """``state`` (model/ema/optimizer state dicts, scheduler, scaler, counters, RNG, sampler, config) to the
-    directory ``path``: written by rank 0 under a temporary name, then renamed; other ranks wait."""
+    """``state`` (model/ema/optimizer state dicts, scheduler, scaler, counters, RNG, sampler, config, class names)
+    to the directory ``path``: written by rank 0 under a temporary name, then renamed; other ranks wait.
+
+    A write that fails (a full disk, ...) leaves an existing ``path`` as it was and raises the same
+    :class:`CheckpointError` on every rank (a full disk names the path and the space needed)."""
     state = ctx.gather(state)  # a collective: every rank takes part, rank 0 writes
+    failure = None
     if ctx.is_main:
-        with atomic_path(path) as tmp:
-            flow.save(state, tmp)
-    ctx.barrier()
+        try:
+            with atomic_path(path) as tmp:
+                flow.save(state, tmp)
+        except OSError as err:
+            failure = disk_full_error(err, path, state_nbytes(state)) or CheckpointError(
+                f"cannot write the checkpoint {path} ({err}); an existing {os.path.basename(path)} is unchanged")
+    if _any_rank(failure is not None, ctx):  # also the barrier: rank 0 has finished writing
+        raise failure or CheckpointError(f"rank 0 could not write the checkpoint {path} (see its error)")
+
+
+def _any_rank(flag, ctx):
+    if not ctx.distributed:
+        return flag
+    t = flow.tensor([1.0 if flag else 0.0]).to(ctx.device)
+    t = t.to_global(placement=ctx.all_placement, sbp=flow.sbp.partial_sum).to_global(sbp=flow.sbp.broadcast)
+    return float(t.to_local().numpy()[0]) > 0
 
 
 def load_training_state(path, cfg):
-    """Load a training checkpoint and check that it belongs to the same model architecture."""
+    """Load a training checkpoint (restricted reader: nothing in it runs) and check that it belongs to the same
+    model architecture."""
     path = str(path)
-    if not os.path.isfile(os.path.join(path, "pickled_data")):
+    if not is_oneflow_checkpoint(path):
         raise CheckpointError(f"--resume {path}: not a training checkpoint directory (no pickled_data); pass the "
                               f"'last' or 'best' directory of a run, or use --init for converted weights")
-    state = flow.load(path)
-    saved_model = state.get("config", {}).get("model")
-    if saved_model is not None:
+    state = read_oneflow_checkpoint(path)
+    if not isinstance(state, dict) or not all(k in state for k in ("model", "optimizer", "rng", "epoch")):
+        raise CheckpointError(f"--resume {path}: not a training checkpoint (it lacks model/optimizer/rng/epoch); "
+                              f"use --init for converted weights")
+    saved_model = state["config"].get("model") if isinstance(state.get("config"), dict) else None
+    if isinstance(saved_model, dict):
         diff = {k for k in set(saved_model) | set(cfg["model"]) if k not in ("drop_path_rate", "drop_rate", "name")
                 and saved_model.get(k) != cfg["model"].get(k)}
         if diff:

@@ -13,7 +13,7 @@ import numpy as np
 import oneflow as flow
 
 from ..checkpoint.convert import load_into_model
-from ..checkpoint.oneflow_io import load_oneflow_weights
+from ..checkpoint.weights import load_weights
 from ..config import ConfigError, dump_config, scaled_lr
 from ..data import build_datasets, build_mixup, build_train_criterion, build_train_loader, build_val_loader
 from ..models import build_model
@@ -54,6 +54,10 @@ class Trainer:
         self.graph = t["graph"]
         self.clip_scope = _check_graph_options(t, cfg["dist"])
         self.out = output_dir or cfg["output"]["dir"]
+        # checkpoints are read (safely, see checkpoint.oneflow_reader) before anything is written
+        init_arrays = load_weights(init)[0] if init else None
+        resume_path = self._resume_path(resume)
+        state = load_training_state(resume_path, cfg) if resume_path else None
         self.log = setup_logging(self.out, self.ctx.rank)
         self._seed(t["seed"])
 
@@ -67,11 +71,9 @@ class Trainer:
 
         self.model = build_model(cfg["model"])
         if init:
-            self._load_init(init)
+            self._load_init(init_arrays, init)
         if weights is not None:  # {name: array}, loaded strictly (tools/eval.py), before the model goes global
             load_into_model(self.model, weights)
-        resume_path = self._resume_path(resume)
-        state = load_training_state(resume_path, cfg) if resume_path else None
         if state:
             self.model.load_state_dict(state["model"])
         self.ema = build_ema(self.model, t)
@@ -133,9 +135,7 @@ class Trainer:
             return last if os.path.isdir(last) else None
         return resume
 
-    def _load_init(self, path):
-        state = load_oneflow_weights(path)
-        arrays = {k: v.numpy() for k, v in state.items()}
+    def _load_init(self, arrays, path):
         dropped = load_into_model(self.model, arrays, allow_head_mismatch=True)
         self.log.info(f"initialised from {path}" + (f" (kept a fresh classifier: {', '.join(dropped)})" if dropped else ""))
 
@@ -168,7 +168,7 @@ class Trainer:
             "updates": self.updates, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
             "best_top1": self.best_top1, "best_epoch": self.best_epoch, "rng": rng_state(),
             "sampler": self.sampler.state_dict(), "config": self.cfg,
-            "classes": getattr(self.train_set, "classes", None),  # ImageFolder class names, for tools/predict.py
+            "classes": list(getattr(self.train_set, "classes", None) or []) or None,  # ImageFolder class names
         }
 
     def save(self, name):

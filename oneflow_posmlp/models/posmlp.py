@@ -168,6 +168,20 @@ def build_model(model_cfg=None, **overrides):
     return PosMLP(**resolve_model_config(model_cfg, **overrides), **backbone)
 
 
-def create_model(name, **overrides):
-    """A registered model (``posmlp_t``, ``posmlp_s``, ``posmlp_b``, ``posmlp_t_384``) with overrides."""
-    return build_model({"name": name}, **overrides)
+def create_model(name, weights=None, **overrides):
+    """A registered model (``posmlp_t``, ``posmlp_s``, ``posmlp_b``, ``posmlp_t_384``) with overrides.
+
+    ``weights``: a ``.safetensors`` file of ``tools/convert_torch_weights.py`` (or a training checkpoint
+    directory, read safely) loaded strictly; every missing, unexpected or mismatched key is an error. With a
+    ``num_classes`` override the classifier may differ: it is then left freshly initialised (fine-tuning).
+    The weights' metadata (``model``, ``classes``, ...) are kept as ``model.weights_meta``.
+    """
+    model = build_model({"name": name}, **overrides)
+    if weights is not None:
+        from ..checkpoint.convert import load_into_model
+        from ..checkpoint.weights import load_weights
+
+        arrays, meta = load_weights(weights)
+        load_into_model(model, arrays, allow_head_mismatch="num_classes" in overrides)
+        model.weights_meta = meta
+    return model

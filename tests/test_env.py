@@ -3,8 +3,6 @@ import os
 import subprocess
 import sys
 
-
-
 from oneflow_posmlp import _env
 
 CODE = "import os, oneflow_posmlp; print(os.environ.get('ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD', 'unset'))"

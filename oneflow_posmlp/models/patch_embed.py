@@ -15,7 +15,7 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x):
         if self.bias is None or not on_cpu(x) or self.channel_pos != "channels_first":
-            return super().forward(x)
+            return self._conv_forward(x, self.weight, self.bias)  # (no super(): nn.Graph calls via a proxy)
         return self._conv_forward(x, self.weight, None) + self.bias.reshape(1, -1, 1, 1)
 
 

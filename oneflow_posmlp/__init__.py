@@ -1,12 +1,15 @@
 """oneflow-posmlp: PosMLP (positional spatial gating MLP) for OneFlow.
 
 Importing this package first makes the cuDNN/cuBLAS libraries shipped by the ``nvidia-*-cu11``
-wheels loadable, so ``import oneflow`` works without setting ``LD_LIBRARY_PATH``; it also registers the PosMLP
-variants in flowvision's ``ModelCreator`` (when ``flowvision.models`` is, or gets, imported).
+wheels loadable, so ``import oneflow`` works without setting ``LD_LIBRARY_PATH``; on a CPU-only machine it
+sets ``ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD=0`` unless the user set it (``_env.py``); and it registers the
+PosMLP variants in flowvision's ``ModelCreator`` (when ``flowvision.models`` is, or gets, imported).
 """
+from ._env import apply_cpu_defaults
 from ._flowvision_hook import install as _register_in_flowvision
 from ._preload import preload_cuda_libraries
 
+apply_cpu_defaults()
 preload_cuda_libraries()
 _register_in_flowvision()
 

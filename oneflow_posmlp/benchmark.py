@@ -18,6 +18,10 @@ high-water mark over the whole process (each mode's figure includes the modes be
 set over the mode (the memory the mode kept). On CUDA, ``gpu_used_mb`` is this process's device memory as
 nvidia-smi reports it after the mode.
 
+Data parallel (``ranks > 1``, launched by ``tools/benchmark.py --ranks N`` through
+``oneflow.distributed.launch``): the same global batch, ``split(0)`` over the ranks (global tensors, as the
+trainer's ``dist.data_parallel``); img/s are global images per second; memory figures are rank 0's.
+
 ``--profile`` times the eager forward by kind of operation with synchronising hooks (``oneflow.profiler``
 aborts the process on a machine without a CUDA driver in OneFlow 0.9.0, so it is not used).
 """
@@ -39,8 +43,12 @@ from .engine.loss_scaler import DynamicLossScaler, autocast
 from .engine.optim import clip_param_groups
 from .models import build_model, layers, token_mixing
 from .models.posgu import SGU, PoSGU
+from .parallel.context import ParallelContext
 
 MODES = ("train-eager", "train-graph", "eval-eager", "eval-graph")
+# Environment that changes CPU speed, printed with the figures: OpenBLAS's kernel choice (after an OpenBLAS
+# call OneFlow's scalar elementwise kernels can run ~3x slower on some cores) and the VM worker setting.
+ENV_SHOWN = ("OPENBLAS_CORETYPE", "ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD", "OMP_NUM_THREADS")
 
 
 class BenchmarkError(ValueError):
@@ -153,8 +161,13 @@ def _clear_hooks(model):
 
 
 # ----------------------------------------------------------------------------- requests
-def check_request(batch_size=8, steps=5, warmup=1, modes=MODES, device="cpu", amp=False):
+def check_request(batch_size=8, steps=5, warmup=1, modes=MODES, device="cpu", amp=False, ranks=1):
     """Raise :class:`BenchmarkError` for a request that cannot run, before any model is built."""
+    if not isinstance(ranks, int) or ranks < 1:
+        raise BenchmarkError(f"--ranks must be an integer >= 1, got {ranks!r}")
+    if isinstance(batch_size, int) and batch_size % ranks:
+        raise BenchmarkError(f"--batch-size {batch_size} (the global batch) does not split over --ranks {ranks}; "
+                             f"give a multiple of {ranks}")
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise BenchmarkError(f"unknown mode(s) {', '.join(unknown) or '(none given)'}; --modes takes a comma-separated "
@@ -250,7 +263,7 @@ def run_mode(mode, model, criterion, x, y, warmup, steps, amp=False, device="cpu
     first, times = _timed(step, warmup, steps)
     wall = time.perf_counter() - wall0
     mean = sum(times) / len(times)
-    batch = x.shape[0]
+    batch = x.shape[0]  # the global batch (a global tensor's shape is the whole)
     entry = {"images_per_s": batch / mean, "step_ms": mean * 1000, "step_ms_min": min(times) * 1000,
              "step_ms_max": max(times) * 1000, "timed_steps": len(times), "first_call_s": first, "wall_s": wall}
     if mode.endswith("graph"):
@@ -277,7 +290,8 @@ def run_benchmark(model, batch_size=8, steps=5, warmup=1, modes=MODES, device="c
     :class:`~oneflow_posmlp.models.ModelConfigError` for a bad model (unknown name, untileable ``img_size``).
     """
     modes = list(modes)
-    check_request(batch_size, steps, warmup, modes, device, amp)
+    ranks = flow.env.get_world_size()
+    check_request(batch_size, steps, warmup, modes, device, amp, ranks)
     name, cfg = resolve_model(model, img_size)
     label = label or name
     flow.manual_seed(seed)
@@ -285,9 +299,12 @@ def run_benchmark(model, batch_size=8, steps=5, warmup=1, modes=MODES, device="c
     net = build_model(cfg)
     img = tuple(net.img_size)
     flops, flops_by_kind = count_flops(net)
-    net.to(device)
-    x = flow.randn(batch_size, net.in_chans, *img, device=device)
-    y = flow.randint(0, net.num_classes, (batch_size,), device=device)
+    # one process: local tensors; several: data parallel, each rank holding its shard of the global batch
+    ctx = ParallelContext({"device": device, "data_parallel": 0, "tensor_parallel": 1, "pipeline_parallel": 1})
+    ctx.apply(net)
+    local = batch_size // ranks
+    flow.manual_seed(seed + ctx.rank)
+    x, y = ctx.to_global_batch(flow.randn(local, net.in_chans, *img), flow.randint(0, net.num_classes, (local,)))
     criterion = nn.CrossEntropyLoss()
     result = {
         "model": label, "model_config": net.config, "batch_size": batch_size, "img_size": list(img),
@@ -296,7 +313,8 @@ def run_benchmark(model, batch_size=8, steps=5, warmup=1, modes=MODES, device="c
         "flops_note": "2 x multiply-adds of conv, linear and token mixing, one image; norms, activations, "
                       "softmax, biases, the gate product and the positional maps not counted",
         "steps": steps, "warmup": warmup, "oneflow": flow.__version__, "python": platform.python_version(),
-        "threads": threads(), "cpu_count": os.cpu_count(),
+        "threads": threads(), "cpu_count": os.cpu_count(), "ranks": ranks,
+        "env": {k: os.environ.get(k) for k in ENV_SHOWN},
         "memory_note": "peak_rss_mb: process peak RSS (ru_maxrss) after the mode, cumulative over modes; "
                        "rss_delta_mb: change of the current RSS over the mode",
         "rss_at_start_mb": rss_start, "rss_model_built_mb": current_rss_mb(), "modes": {},
@@ -376,6 +394,8 @@ def profile_forward(model, x, repeat=3):
     patched = [(mod, name, getattr(mod, name)) for mod, name, _ in _FUNCTIONS]
     map_classes = {type(m) for m in model.modules() if isinstance(m, token_mixing.TokenMap)}
     patched += [(cls, "token_map", cls.__dict__["token_map"]) for cls in map_classes if "token_map" in cls.__dict__]
+    if map_classes:  # in eval the maps come from the cache (computed once per weights version): time its check too
+        patched.append((token_mixing.TokenMap, "cached_token_map", token_mixing.TokenMap.__dict__["cached_token_map"]))
     try:
         with flow.no_grad():
             model(x)  # warm-up
@@ -429,7 +449,9 @@ def format_table(result):
     lines = [f"{result['model']}: {result['params']:,} parameters, {_fmt_flops(result['flops_per_image'])}/image "
              f"(2 x MACs), {result['img_size'][0]}x{result['img_size'][1]}, batch {result['batch_size']}, "
              f"{result['device']}{' amp' if result['amp'] else ''}, oneflow {result['oneflow']}, "
-             f"{result['threads']} threads",
+             f"{result['threads']} threads" + (f", {result['ranks']} data-parallel ranks (img/s global, memory of "
+                                               f"rank 0)" if result.get("ranks", 1) > 1 else ""),
+             "env: " + ", ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in result.get("env", {}).items()),
              f"step = wall time from launch to last kernel, mean of {result['steps']} timed steps after "
              f"{result['warmup']} warm-up; compile = a graph's first call (compile + 1 step); memory after each "
              f"mode (peak = process high-water mark)",

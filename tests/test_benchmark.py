@@ -122,6 +122,8 @@ def test_cli_writes_json(tmp_path, capsys):
     (["--model", "posmlp_t", "--amp"], "--amp needs --device cuda"),
     (["--model", "posmlp_t", "--warmup", "0"], "--warmup must be an integer >= 1"),
     (["--model", "posmlp_t", "--img-size", "200"], "do not tile"),
+    (["--model", "posmlp_t", "--batch-size", "7", "--ranks", "2"], "does not split over --ranks 2"),
+    (["--model", "posmlp_t", "--ranks", "0"], "--ranks must be an integer >= 1"),
 ])
 def test_bad_requests_exit_with_the_problem(argv, message):
     with pytest.raises(SystemExit, match=message):
@@ -134,3 +136,18 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         run_benchmark(TINY, device="cuda")
     with pytest.raises(SystemExit, match="no CUDA device.*--device cpu"):
         load_tool().main(["--model", "posmlp_t", "--device", "cuda"])
+
+
+def test_two_data_parallel_ranks_report_the_global_batch(tmp_path):
+    """--ranks 2: the tool launches itself on 2 ranks (here launched directly, with the tests' timeout); rank 0
+    reports the same global batch, split over the ranks."""
+    from launch import launcher, run
+
+    out = tmp_path / "r2.json"
+    res = run(launcher(2) + [os.path.join(ROOT, "tools", "benchmark.py"), "--config", "configs/demo.yaml",
+                             "--batch-size", "4", "--steps", "1", "--modes", "train-eager,eval-eager", "--ranks", "2",
+                             "--json", str(out)])
+    assert "2 data-parallel ranks" in res.stdout and res.stdout.count("wrote") == 1
+    r = json.loads(out.read_text())
+    assert r["ranks"] == 2 and r["batch_size"] == 4 and list(r["modes"]) == ["train-eager", "eval-eager"]
+    assert all(m["images_per_s"] > 0 for m in r["modes"].values())

@@ -92,3 +92,68 @@ def test_lrpe_parameters_grow_linearly_and_gqpe_parameters_are_constant_in_windo
         assert gqpe[w] == gamma * (2 + 4) + n
     assert gqpe[16] - 16 * 16 == gqpe[4] - 4 * 4  # the positional part is O(1)
     assert lrpe[16] / lrpe[4] > 10  # grows with N (roughly 4x per doubling of w)
+
+
+# ----------------------------------------------------------------------------- eval cache of the maps
+def _count_token_map_calls(monkeypatch, cls):
+    calls = []
+    original = cls.token_map
+
+    def counted(self, mask=None):
+        calls.append(mask)
+        return original(self, mask)
+
+    monkeypatch.setattr(cls, "token_map", counted)
+    return calls
+
+
+@pytest.mark.parametrize("cls", [GQPE, LRPE])
+def test_eval_map_is_computed_once_per_weights_version(monkeypatch, cls):
+    flow.manual_seed(0)
+    pos = cls(4, gamma=2)
+    pos.eval()
+    x = flow.randn(2, 3, 16, 6)
+    calls = _count_token_map_calls(monkeypatch, cls)
+    original = {k: v.clone() for k, v in pos.state_dict().items()}
+    with flow.no_grad():
+        first = pos(x)
+        second = pos(flow.randn(2, 3, 16, 6))  # another batch, same weights: served from the cache
+        assert len(calls) == 1 and second.shape == first.shape
+        # an in-place update while in eval (as an EMA update) is seen: not served stale
+        param = pos.attention_centers if cls is GQPE else pos.window_relative_position_bias_table
+        param.add_(0.5)
+        updated = pos(x)
+        assert len(calls) == 2
+        fresh = group_mix(pos.token_map(), x)  # computed directly, no cache
+        assert len(calls) == 3
+        np.testing.assert_array_equal(updated.numpy(), (fresh + pos.token_proj_n_bias.unsqueeze(0)).numpy())
+        assert not np.array_equal(updated.numpy(), first.numpy())
+        # a state dict load is seen as well
+        pos.load_state_dict(original)
+        np.testing.assert_array_equal(pos(x).numpy(), first.numpy())
+        assert len(calls) == 4
+    # with autograd (training or gradients in eval) the map is recomputed, and training drops the cache
+    pos(x)
+    assert len(calls) == 5
+    pos.train()
+    assert "_map_cache" not in pos.__dict__
+
+
+def test_eval_cache_keys_on_the_shift_mask():
+    flow.manual_seed(0)
+    pos = GQPE(4, gamma=2).eval()
+    x = flow.randn(1, 2, 16, 4)
+    mask = flow.zeros(2, 16, 16)
+    mask[1, :8, 8:] = -1e4
+    with flow.no_grad():
+        plain, masked = pos(x), pos(x, mask=mask)
+        np.testing.assert_array_equal(masked.numpy(), group_mix(pos.token_map(mask), x).numpy()
+                                      + pos.token_proj_n_bias.unsqueeze(0).numpy())
+        assert not np.array_equal(plain.numpy(), masked.numpy())
+
+
+def test_cpu_token_bias_form_is_bit_identical_to_the_broadcast():
+    from oneflow_posmlp.models.token_mixing import add_token_bias
+
+    x, bias = flow.randn(2, 3, 16, 6), flow.randn(1, 16, 1)
+    np.testing.assert_array_equal(add_token_bias(x, bias).numpy(), (x + bias.unsqueeze(0)).numpy())

@@ -35,10 +35,18 @@ class TrainGraph(nn.Graph):
         if ctx is not None:
             ctx.set_graph_stages(self.model)  # pipeline parallel: a stage (and placement) per part of the model
         self.add_optimizer(optimizer, lr_sch=lr_scheduler)
+        # OneFlow's graph fusions, as LiBai turns them on: adds into the producing op's output, weight decay and
+        # gradient scaling into the AdamW update, casts with scales; with AMP (CUDA) one multi-tensor update
+        # that also writes the float16 copy of the weights.
+        self.config.allow_fuse_add_to_output(True)
+        self.config.allow_fuse_model_update_ops(True)
+        self.config.allow_fuse_cast_scale(True)
         if grad_accum > 1:
             self.config.set_gradient_accumulation_steps(grad_accum)
         if amp:
             self.config.enable_amp(True)
+            self.config.enable_multi_tensor_update(True)
+            self.config.enable_fused_model_update_cast(True)
             self.set_grad_scaler(flow.amp.GradScaler(init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
                                                      growth_interval=2000))
         if zero_stage:
@@ -75,6 +83,7 @@ class EvalGraph(nn.Graph):
         self.model = model
         if ctx is not None:
             ctx.set_graph_stages(self.model)
+        self.config.allow_fuse_add_to_output(True)
         if amp:
             self.config.enable_amp(True)
 

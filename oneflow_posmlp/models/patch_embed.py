@@ -2,11 +2,25 @@
 import oneflow as flow
 import oneflow.nn as nn
 
+from .cpu import on_cpu
+from .norm import LayerNorm
+
 NORMS = ("BN", "LN")
 
 
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose bias, on CPU, is added as ``y + bias.reshape(1, C, 1, 1)`` after a bias-free
+    convolution (OneFlow 0.9.0's CPU ``bias_add`` over ``(B, C, H, W)`` takes oneDNN's reference kernel,
+    about 250x slower; see :mod:`.cpu`). Same parameters and result; on CUDA the fused bias stays."""
+
+    def forward(self, x):
+        if self.bias is None or not on_cpu(x) or self.channel_pos != "channels_first":
+            return self._conv_forward(x, self.weight, self.bias)  # (no super(): nn.Graph calls via a proxy)
+        return self._conv_forward(x, self.weight, None) + self.bias.reshape(1, -1, 1, 1)
+
+
 def _norm(kind, channels):
-    return nn.BatchNorm2d(channels, eps=1e-6) if kind == "BN" else nn.LayerNorm(channels, eps=1e-6)
+    return nn.BatchNorm2d(channels, eps=1e-6) if kind == "BN" else LayerNorm(channels, eps=1e-6)
 
 
 def _apply_norm(norm, kind, x):
@@ -27,7 +41,7 @@ class ConvPatchEmbed(nn.Module):
         self.stem_norm = stem_norm
         ins, outs = [in_chans, out_chan // 2, out_chan], [out_chan // 2, out_chan, out_chan]
         kernels, strides, pads = [3, 3, 1], [2, 2, 1], [1, 1, 0]
-        self.projs = nn.Sequential(*[nn.Conv2d(i, o, kernel_size=k, stride=s, padding=p)
+        self.projs = nn.Sequential(*[Conv2d(i, o, kernel_size=k, stride=s, padding=p)
                                      for i, o, k, s, p in zip(ins, outs, kernels, strides, pads)])
         self.norms = nn.Sequential(*[_norm(stem_norm, o) for o in outs])
         self.act = act_layer()
@@ -51,7 +65,7 @@ class ConvPatchMerging(nn.Module):
         super().__init__()
         self.downsample_norm = downsample_norm
         groups = in_chan if depth_conv else 1
-        self.conv = nn.Conv2d(in_chan, out_chan, kernel_size=3, stride=2, padding=1, groups=groups, bias=True)
+        self.conv = Conv2d(in_chan, out_chan, kernel_size=3, stride=2, padding=1, groups=groups, bias=True)
         self.norm = _norm(downsample_norm, out_chan)
 
     def forward(self, x):
@@ -66,7 +80,7 @@ class PatchMerging(nn.Module):
 
     def __init__(self, in_chan, out_chan, **unused):
         super().__init__()
-        self.norm = nn.LayerNorm(4 * in_chan, eps=1e-6)
+        self.norm = LayerNorm(4 * in_chan, eps=1e-6)
         self.reduction = nn.Conv2d(4 * in_chan, out_chan, 1, 1, bias=False)
 
     def forward(self, x):

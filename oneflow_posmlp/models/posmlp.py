@@ -8,6 +8,7 @@ from .config import default_cfg, feature_sizes, input_size_multiple, resolve_mod
 from .drop import dropout
 from .features import level_info, resolve_out_indices
 from .layers import PosMLPLayer, PosMLPLevel
+from .norm import LayerNorm
 from .patch_embed import POOL_LAYERS, ConvPatchEmbed
 from .posgu import GATE_UNITS, SGU
 
@@ -44,7 +45,7 @@ class PosMLP(nn.Module):
         self.img_size = tuple(cfg["img_size"])
         self.in_chans = cfg["in_chans"]
         dims = cfg["embed_dims"]
-        norm_layer = lambda d: nn.LayerNorm(d, eps=1e-6)  # noqa: E731
+        norm_layer = lambda d: LayerNorm(d, eps=1e-6)  # noqa: E731  (fast on CPU: models/norm.py)
         gate_unit = GATE_UNITS[cfg["gate_unit"]]
         pool_layer = POOL_LAYERS[cfg["pool_layer"]]
         gate_kwargs = dict(quadratic=cfg["quadratic"], pos_only=cfg["pos_only"], generalized=cfg["generalized"],

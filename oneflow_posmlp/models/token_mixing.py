@@ -23,6 +23,8 @@ import oneflow as flow
 import oneflow.nn as nn
 from flowvision.layers import trunc_normal_
 
+from .cpu import on_cpu
+
 # Added to the pre-softmax score of token pairs in different regions of a shifted window. exp() of it
 # underflows to exactly 0 in fp32, and it is representable in fp16.
 MASK_NEG = -1.0e4
@@ -77,6 +79,16 @@ def group_mix(token_map: flow.Tensor, x: flow.Tensor) -> flow.Tensor:
     return out.reshape(W, S, N, B, V).permute(3, 0, 2, 4, 1).reshape(B, W, N, C)
 
 
+def add_token_bias(x: flow.Tensor, bias: flow.Tensor) -> flow.Tensor:
+    """``x + bias`` per token: x ``(B, W, N, C)``, bias ``(1, N, 1)`` (one value per token, all channels).
+
+    On CPU written as ``(B*W, N, C, 1) + (1, N, 1, 1)`` (bit-identical; see :mod:`.cpu`)."""
+    B, W, N, C = x.shape
+    if on_cpu(x):
+        return (x.reshape(B * W, N, C, 1) + bias.reshape(1, N, 1, 1)).reshape(B, W, N, C)
+    return x + bias.unsqueeze(0)  # (1, 1, N, 1)
+
+
 class TokenMap(nn.Module):
     """Base of the positional maps: ``forward(x, mask, gate)`` = group-wise mix + absolute bias.
 
@@ -103,7 +115,7 @@ class TokenMap(nn.Module):
     def forward(self, x, mask=None, gate=None):
         """x: ``(B, W, N, C)``; mask: ``(W, N, N)`` additive (0 or :data:`MASK_NEG`) or None;
         gate: ``(1, N, N)`` learned dense map added to the positional map (gated PoSGU) or None."""
-        token_map = self.token_map(mask)  # (Wm, S, N, N)
+        token_map = self.cached_token_map(mask) if self._can_cache(x) else self.token_map(mask)  # (Wm, S, N, N)
         if gate is not None:
             token_map = token_map + gate.unsqueeze(1)
         if mask is not None and (gate is not None or not self.uses_softmax):
@@ -111,8 +123,48 @@ class TokenMap(nn.Module):
             token_map = token_map * keep
         out = group_mix(token_map, x)
         if self.absolute_bias:
-            out = out + self.token_proj_n_bias.unsqueeze(0)  # (1, 1, N, 1)
+            out = add_token_bias(out, self.token_proj_n_bias)
         return out
+
+
+    # ------------------------------------------------------------------ eval cache
+    # The map depends on the parameters only, not on the batch: in eval without gradients it is computed once
+    # per weights version and reused by every batch. The version is the parameters' values (OneFlow 0.9.0
+    # tensors have no version counter): a snapshot is compared with them on each call (one small comparison),
+    # so in-place updates (EMA, load_state_dict, an optimizer step) are never served stale.
+    def _can_cache(self, x):
+        """Eval, no autograd, eager; global tensors only when every rank holds the whole parameters (so all
+        ranks decide alike: a recomputation is a global op every rank must run)."""
+        if self.training or flow.is_grad_enabled() or x.is_lazy:
+            return False
+        if x.is_global:
+            world = flow.env.get_world_size()
+            return all(len(t.placement.ranks.flatten()) == world and all(b == flow.sbp.broadcast for b in t.sbp)
+                       for t in self._map_inputs())
+        return True
+
+    def _map_inputs(self):
+        """The tensors the map is computed from: parameters and buffers, absolute bias excluded."""
+        named = list(self.named_parameters(recurse=False)) + list(self.named_buffers(recurse=False))
+        return [t for name, t in named if name != "token_proj_n_bias"]
+
+    def _weights_snapshot(self):
+        return flow.cat([(t.to_local() if t.is_global else t).reshape(-1).to(flow.float32)
+                         for t in self._map_inputs()])
+
+    def cached_token_map(self, mask=None):
+        """:meth:`token_map` for ``mask`` (by identity), recomputed only when the weights changed."""
+        snap = self._weights_snapshot()
+        cache = self.__dict__.get("_map_cache")
+        if (cache is None or cache[0] is not mask or cache[1].shape != snap.shape or cache[1].device != snap.device
+                or not bool((cache[1] == snap).all().numpy())):
+            cache = (mask, snap, self.token_map(mask))
+            self.__dict__["_map_cache"] = cache
+        return cache[2]
+
+    def train(self, mode=True):
+        self.__dict__.pop("_map_cache", None)  # training recomputes every call; drop the memory
+        return super().train(mode)
 
 
 class GQPE(TokenMap):
@@ -158,8 +210,9 @@ class GQPE(TokenMap):
         N = self.seq_len
         proj = self.position_projection()  # (S, D)
         D = proj.shape[-1]
-        score = flow.matmul(self.rel_indices.reshape(N * N, D), proj.transpose(0, 1))  # (N*N, S)
-        score = score.reshape(N, N, self.gamma).permute(2, 0, 1).unsqueeze(0)  # (1, S, N, N)
+        # (S, D) x (D, N*N): the group axis comes out first, no permute of the (N*N, S) scores (bit-identical)
+        score = flow.matmul(proj, self.rel_indices.reshape(N * N, D).transpose(0, 1))  # (S, N*N)
+        score = score.reshape(1, self.gamma, N, N)  # (1, S, N, N)
         if mask is not None:
             score = score + mask.unsqueeze(1)  # (W, S, N, N)
         return score.softmax(dim=-1) if self.use_softmax else score
@@ -202,5 +255,5 @@ def dense_mix(proj: nn.Linear, x: flow.Tensor, mask=None) -> flow.Tensor:
     else:
         out = flow.matmul(weight, x.reshape(B * W, N, C)).reshape(B, W, N, C)
     if proj.bias is not None:
-        out = out + proj.bias.reshape(1, 1, N, 1)
+        out = add_token_bias(out, proj.bias.reshape(1, N, 1))
     return out

@@ -46,5 +46,5 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 # flowvision 0.2.1 is an sdist whose setup.py imports pkg_resources: build it (and our package) with the
 # venv's own setuptools < 70 instead of an isolated build environment that would pick the newest one.
 "${PIP[@]}" 'setuptools>=64,<70' wheel
-"${PIP[@]}" --no-build-isolation -e '.[test]'
+"${PIP[@]}" --no-build-isolation -e '.[test,onnx]'
 echo "$want" > "$STAMP"

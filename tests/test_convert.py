@@ -77,6 +77,9 @@ def test_create_model_with_weights(tmp_path):
     other = create_model("posmlp_t", weights=tmp_path / "w.safetensors", **dict(over, num_classes=3))
     assert tuple(other.head.weight.shape) == (3, 128)  # another classifier: freshly initialised, the rest loaded
     assert np.array_equal(other.norm.weight.numpy(), model.norm.weight.numpy())
+    backbone = create_model("posmlp_t", weights=tmp_path / "w.safetensors", features_only=True, **over)
+    assert np.array_equal(backbone.levels[0].encoder[0].proj_c_e.weight.numpy(),
+                          model.levels[0].encoder[0].proj_c_e.weight.numpy())  # all but the final norm and head
 
 
 def test_export_to_safetensors_is_what_the_official_model_loads(tmp_path):

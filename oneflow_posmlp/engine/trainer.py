@@ -3,7 +3,6 @@ label smoothing, gradient clipping, EMA), exact resume, TensorBoard and CSV logs
 
 One process or many (``python -m oneflow.distributed.launch``): see :class:`~oneflow_posmlp.parallel.ParallelContext`.
 """
-import contextlib
 import math
 import os
 import random
@@ -22,32 +21,22 @@ from ..parallel import ParallelContext
 from .graph import EvalGraph, TrainGraph, graph_optimizer_state, load_graph_optimizer_state
 from .logger import CsvLog, TensorBoardWriter, setup_logging
 from .loss_scaler import DynamicLossScaler, autocast
-from .metrics import EvalMeter
+from .evaluate import evaluate
 from .optim import build_ema, build_optimizer, clip_gradients
 from .randomness import drop_path_seed, numpy_seeded, seed_oneflow
 from .schedule import build_scheduler, resolve_scheduler_kind
-from .state import load_training_state, rng_state, save_training_state, set_rng_state
-
-
-@contextlib.contextmanager
-def rng_preserved():
-    """Run a block without moving the Python/NumPy/OneFlow RNGs (e.g. creating a DataLoader iterator)."""
-    saved = rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(saved)
+from .state import load_training_state, rng_preserved, rng_state, save_training_state, set_rng_state
 
 
 class Trainer:
-    """Build everything from a validated config; ``fit()`` trains, ``evaluate()`` evaluates.
+    """Build everything from a validated config; ``fit()`` trains, ``evaluate()`` evaluates (through
+    :func:`~oneflow_posmlp.engine.evaluate.evaluate`, which also stands alone: ``tools/eval.py``).
 
     ``resume``: a training checkpoint directory (``OUTPUT/last``) or ``"auto"`` (``OUTPUT/last`` if present).
     ``init``: converted weights to start from (``tools/convert_torch_weights.py`` output), head may differ.
-    ``weights``: ``{name: array}`` to load strictly (evaluation of a checkpoint in any layout).
     """
 
-    def __init__(self, cfg, output_dir=None, resume=None, init=None, weights=None):
+    def __init__(self, cfg, output_dir=None, resume=None, init=None):
         self.cfg = cfg
         t = cfg["train"]
         self.ctx = ParallelContext(cfg["dist"])
@@ -67,13 +56,10 @@ class Trainer:
         self.val_loader = build_val_loader(cfg, self.val_set, self.ctx.data_rank, self.ctx.data_parallel)
         self.mixup = build_mixup(cfg)
         self.criterion = build_train_criterion(cfg, self.mixup)
-        self.eval_criterion = flow.nn.CrossEntropyLoss(reduction="none")
 
         self.model = build_model(cfg["model"])
         if init:
             self._load_init(init_arrays, init)
-        if weights is not None:  # {name: array}, loaded strictly (tools/eval.py), before the model goes global
-            load_into_model(self.model, weights)
         if state:
             self.model.load_state_dict(state["model"])
         self.ema = build_ema(self.model, t)
@@ -322,25 +308,12 @@ class Trainer:
     def evaluate(self, model=None):
         """``{loss, top1, top5, count}`` of ``model`` (default: the trained model) on the validation set."""
         model = model or self.model
-        was_training = model.training
-        model.eval()
-        meter = EvalMeter()
-        with rng_preserved():
-            batches = iter(self.val_loader)
-        with flow.no_grad():
-            for x, y, valid in batches:
-                x, y, valid = self.ctx.to_global_batch(x, y, valid)
-                if self.graph:
-                    if id(model) not in self.eval_graphs:
-                        self.eval_graphs[id(model)] = EvalGraph(model, amp=self.amp, ctx=self.ctx)
-                    logits = self.eval_graphs[id(model)](x)
-                else:
-                    with autocast(self.amp, self.ctx.device):
-                        logits = model(x)
-                logits, y, valid = (self.ctx.replicate(t) for t in (logits.to(flow.float32), y, valid))
-                meter.update(logits, y, valid, self.eval_criterion)
-        model.train(was_training)
-        return meter.result()
+        forward = None
+        if self.graph:
+            if id(model) not in self.eval_graphs:
+                self.eval_graphs[id(model)] = EvalGraph(model, amp=self.amp, ctx=self.ctx)
+            forward = self.eval_graphs[id(model)]
+        return evaluate(model, self.val_loader, self.ctx, forward=forward, amp=self.amp)
 
     def _evaluate_and_log(self):
         row = {}

@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 
+if __name__ == "__main__":  # first: re-run under .venv/bin/python when this Python lacks OneFlow
+    import _python  # noqa: F401
 import oneflow_posmlp  # noqa: F401  (before oneflow: makes the CUDA libraries loadable)
 
 MODES = "train-eager,train-graph,eval-eager,eval-graph"

@@ -13,6 +13,8 @@ checkpoint such as OUTPUT/best) is read by a restricted reader that runs nothing
 import argparse
 import sys
 
+if __name__ == "__main__":  # first: re-run under .venv/bin/python when this Python lacks OneFlow
+    import _python  # noqa: F401
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 
 

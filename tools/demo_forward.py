@@ -5,6 +5,8 @@
 import argparse
 import time
 
+if __name__ == "__main__":  # first: re-run under .venv/bin/python when this Python lacks OneFlow
+    import _python  # noqa: F401
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 import oneflow as flow
 

@@ -9,6 +9,8 @@ restricted reader: nothing in it runs). Only the validation split (``data.root/d
 import json
 import sys
 
+if __name__ == "__main__":  # first: re-run under .venv/bin/python when this Python lacks OneFlow
+    import _python  # noqa: F401
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 from oneflow_posmlp.cli import config_parser, run
 
@@ -32,7 +34,7 @@ def main(argv=None):
                               "loss": round(res["loss"], 5), "images": res["count"]}))
         return 0
 
-    return run(go)
+    return run(go, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 import json
 import sys
 
+if __name__ == "__main__":  # first: re-run under .venv/bin/python when this Python lacks OneFlow
+    import _python  # noqa: F401
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 from oneflow_posmlp.cli import config_parser, run
 
@@ -52,7 +54,7 @@ def main(argv=None):
             return 2
         return 0
 
-    return run(go)
+    return run(go, verbose=args.verbose)
 
 
 if __name__ == "__main__":

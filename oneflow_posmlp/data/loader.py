@@ -67,11 +67,11 @@ def _check_classes(dataset, num_classes, split):
 
 def local_batch_size(cfg, world):
     """Images per rank and micro-step: ``train.batch_size / grad_accum_steps / world``; raises ValueError when
-    the global batch does not divide evenly."""
+    the global batch does not divide evenly (:class:`DataError`)."""
     t = cfg["train"]
     per_step = t["batch_size"] // t["grad_accum_steps"]
     if per_step % world:
-        raise ValueError(f"train.batch_size {t['batch_size']} (/ grad_accum_steps {t['grad_accum_steps']}) is not "
+        raise DataError(f"train.batch_size {t['batch_size']} (/ grad_accum_steps {t['grad_accum_steps']}) is not "
                          f"divisible by the {world} data-parallel ranks; use a multiple of {world * t['grad_accum_steps']}")
     return per_step // world
 
@@ -88,7 +88,7 @@ def build_train_loader(cfg, dataset, rank=0, world=1):
     batch = local_batch_size(cfg, world)
     if batch % 2 and build_mixup(cfg) is not None:
         t = cfg["train"]
-        raise ValueError(f"Mixup/CutMix needs an even batch per rank, but train.batch_size {t['batch_size']} / "
+        raise DataError(f"Mixup/CutMix needs an even batch per rank, but train.batch_size {t['batch_size']} / "
                          f"grad_accum_steps {t['grad_accum_steps']} / {world} rank(s) = {batch}; use a multiple of "
                          f"{2 * world * t['grad_accum_steps']} or set aug.mixup=0 aug.cutmix=0")
     sampler = ResumableDistributedSampler(len(dataset), rank, world, batch, shuffle=True, drop_last=True,

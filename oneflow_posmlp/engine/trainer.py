@@ -7,6 +7,7 @@ One process or many (``python -m oneflow.distributed.launch``): see :class:`~one
 import math
 import os
 import random
+import sys
 import time
 
 import numpy as np
@@ -185,8 +186,9 @@ class Trainer:
         self.model.train()
         with rng_preserved():
             batches = iter(self.train_loader)
+        # a bar only on a terminal: in a log file (CI, > file) each refresh would be a line; log lines always
         progress = _progress(total, self.batch_in_epoch, f"epoch {self.epoch}",
-                             ctx.is_main and self.cfg["log"]["progress"])
+                             ctx.is_main and self.cfg["log"]["progress"] and sys.stderr.isatty())
         data_start = time.time()
         window_start, window_images = time.time(), 0
         while self.batch_in_epoch < total:

@@ -8,8 +8,10 @@ Needs the onnx extra: pip install -e .[onnx] (oneflow-onnx 0.6.2, onnx 1.14.1, o
 import json
 import sys
 
-if __name__ == "__main__":  # first: re-run under .venv/bin/python when this Python lacks OneFlow
+try:  # first: re-run under .venv/bin/python when this Python lacks OneFlow (tools/_python.py)
     import _python  # noqa: F401
+except ImportError:  # loaded from elsewhere (runpy, importlib): that Python runs the package already
+    pass
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 from oneflow_posmlp.cli import config_parser, run
 

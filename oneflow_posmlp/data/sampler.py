@@ -21,8 +21,9 @@ class ResumableDistributedSampler:
 
     ``consumed`` is how many samples of its shard this rank has already trained on this epoch; iteration
     starts after them. DataLoader workers prefetch ahead of the training step, so the sampler cannot know
-    what was consumed: the trainer sets it (``set_epoch(epoch, consumed)``) from its step count and saves
-    ``state_dict()`` in its checkpoint; ``load_state_dict()`` then continues with exactly the remaining order.
+    what was consumed: the trainer sets it (``set_epoch(epoch, consumed)``) from its step count, which its
+    checkpoint holds, so a resumed run continues with exactly the remaining order. ``state_dict()`` /
+    ``load_state_dict()`` do the same for other callers (refusing a mid-epoch layout change).
     """
 
     def __init__(self, length, rank=0, world=1, batch_size=1, shuffle=True, drop_last=True, seed=0):

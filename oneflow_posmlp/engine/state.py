@@ -55,7 +55,7 @@ def state_nbytes(obj):
 
 
 def save_training_state(path, state, ctx):
-    """``state`` (model/ema/optimizer state dicts, scheduler, scaler, counters, RNG, sampler, config, class names)
+    """``state`` (model/ema/optimizer state dicts, scaler, counters, RNG, config, class names)
     to the directory ``path``: written by rank 0 under a temporary name, then renamed; other ranks wait.
 
     A write that fails (a full disk, ...) leaves an existing ``path`` as it was and raises the same

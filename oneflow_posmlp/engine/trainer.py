@@ -133,14 +133,15 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def state(self):
+        """The training checkpoint. The lr schedule and the data order are functions of the config and the
+        counters (``updates``, ``epoch``, ``batch_in_epoch``): rebuilt on resume, not stored."""
         return {
             "model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
             **self.step.state_dict(),  # optimizer, scaler
-            "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "updates": self.updates, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
             "best_top1": self.best_top1, "best_epoch": self.best_epoch, "rng": rng_state(),
-            "sampler": self.sampler.state_dict(), "config": self.cfg,
+            "config": self.cfg,
             "classes": list(getattr(self.train_set, "classes", None) or []) or None,  # ImageFolder class names
         }
 

@@ -6,12 +6,22 @@ sequential). With ``0`` the scheduler thread computes itself: the same speed at 
 the second core to a second data-parallel rank (docs/benchmark.md). Applied only on machines without an
 NVIDIA device node (a CPU-only machine), only when OneFlow is not imported yet, and never over a value the
 user set.
+
+``GLOG_minloglevel=2``: on a CPU-only machine OneFlow warns at start-up that the CUDA driver is missing (a glog
+warning); errors stay visible. Not over a value the user set, and not with ``POSMLP_VERBOSE=1`` (the tools'
+``--verbose``). The tools also hide OneFlow's ``libibverbs not available`` line (printed by its C++ code when
+it is imported, not through glog): :func:`import_oneflow_quietly`.
 """
 import glob
 import os
 import sys
+import tempfile
 
 VM_WORKER = "ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD"
+GLOG_LEVEL = "GLOG_minloglevel"
+VERBOSE = "POSMLP_VERBOSE"
+_QUIET_SET = "_POSMLP_GLOG_SET"  # marks a GLOG_minloglevel this module set (so --verbose may take it back)
+IMPORT_NOISE = ("libibverbs not available",)
 
 
 def cpu_only_machine():
@@ -26,3 +36,49 @@ def apply_cpu_defaults(environ=None):
         return False
     environ[VM_WORKER] = "0"
     return True
+
+
+def verbose(environ=None):
+    environ = os.environ if environ is None else environ
+    return environ.get(VERBOSE, "") not in ("", "0")
+
+
+def quiet_cpu_logs(environ=None):
+    """Set ``GLOG_minloglevel=2`` on a CPU-only machine before OneFlow is imported, unless the user set it or
+    asked for ``POSMLP_VERBOSE=1``; returns whether it was set."""
+    environ = os.environ if environ is None else environ
+    if "oneflow" in sys.modules or GLOG_LEVEL in environ or verbose(environ) or not cpu_only_machine():
+        return False
+    environ[GLOG_LEVEL] = "2"
+    environ[_QUIET_SET] = "1"  # inherited by launched ranks, like the level itself
+    return True
+
+
+def set_verbose(environ=None):
+    """``--verbose``: OneFlow's own log lines visible (before it is imported): undo :func:`quiet_cpu_logs`."""
+    environ = os.environ if environ is None else environ
+    environ[VERBOSE] = "1"
+    if environ.pop(_QUIET_SET, None):
+        environ.pop(GLOG_LEVEL, None)
+
+
+def import_oneflow_quietly():
+    """``import oneflow`` with its known start-up noise (:data:`IMPORT_NOISE`) removed from stderr; every other
+    line it prints is passed on. Verbose (``POSMLP_VERBOSE=1``) or already imported: a plain import."""
+    if "oneflow" in sys.modules or verbose():
+        import oneflow  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import oneflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+            for line in lines:
+                if not any(noise in line for noise in IMPORT_NOISE):
+                    print(line, file=sys.stderr)

@@ -1,6 +1,8 @@
-"""Shared command-line plumbing of tools/train.py and tools/eval.py: config loading and clean errors."""
+"""Shared command-line plumbing of the tools: config loading, ``--verbose`` and clean errors."""
 import argparse
 import sys
+
+from . import _env
 
 
 def config_parser(description):
@@ -8,22 +10,33 @@ def config_parser(description):
     p.add_argument("-c", "--config", required=True, help="YAML config (configs/*.yaml)")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                    help="dotted overrides, e.g. train.lr=1e-3 model.num_classes=10")
+    add_verbose(p)
     return p
 
 
-def run(main):
-    """Call ``main()``; user errors (bad config, data, checkpoint, layout) become ``error: ...`` and exit 2."""
+def add_verbose(parser):
+    parser.add_argument("--verbose", action="store_true",
+                        help="show OneFlow's own start-up and log lines (also: POSMLP_VERBOSE=1)")
+    return parser
+
+
+def run(main, verbose=False):
+    """Call ``main()`` after importing OneFlow (its CPU start-up noise hidden unless ``verbose`` or
+    ``POSMLP_VERBOSE=1``); user errors (bad config, data, checkpoint, layout, export) become one ``error: ...``
+    line and exit 2. Anything else is a bug and keeps its traceback."""
+    if verbose:
+        _env.set_verbose()
+    _env.import_oneflow_quietly()
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
+    from .export.onnx import ExportError
     from .models import ModelConfigError
     from .parallel import LayoutError
 
     try:
         return main()
-    except (ConfigError, DataError, CheckpointError, ModelConfigError, LayoutError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # data/batch layout problems raised before training
+    except (ConfigError, DataError, CheckpointError, ModelConfigError, LayoutError, ExportError,
+            FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""oneflow_posmlp/_env.py: the CPU default of ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD, never over the user's."""
+"""oneflow_posmlp/_env.py: the CPU defaults (ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD, quiet OneFlow logs), never over
+the user's; the tools' quiet start-up and ``--verbose``."""
 import os
 import subprocess
 import sys
@@ -32,3 +33,36 @@ def test_defaults_need_oneflow_not_imported_and_a_cpu_only_machine(monkeypatch):
     assert not _env.apply_cpu_defaults(user) and user == {_env.VM_WORKER: "1"}
     monkeypatch.setattr(_env, "cpu_only_machine", lambda: False)
     assert not _env.apply_cpu_defaults({})
+
+
+def test_quiet_logs_on_cpu_unless_the_user_set_them_or_asked_for_verbose(monkeypatch):
+    monkeypatch.delitem(sys.modules, "oneflow", raising=False)  # not imported yet (as before `import oneflow`)
+    monkeypatch.setattr(_env, "cpu_only_machine", lambda: True)
+    environ = {}
+    assert _env.quiet_cpu_logs(environ) and environ[_env.GLOG_LEVEL] == "2"
+    _env.set_verbose(environ)  # --verbose takes back only what quiet_cpu_logs set
+    assert _env.GLOG_LEVEL not in environ and _env.verbose(environ)
+    assert not _env.quiet_cpu_logs({_env.GLOG_LEVEL: "0"})
+    assert not _env.quiet_cpu_logs({_env.VERBOSE: "1"})
+    environ = {_env.GLOG_LEVEL: "1"}
+    _env.set_verbose(environ)
+    assert environ[_env.GLOG_LEVEL] == "1"  # the user's own level stays
+
+
+def _tool_stderr(*extra):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in (_env.GLOG_LEVEL, _env.VERBOSE)}
+    res = subprocess.run([sys.executable, os.path.join(root, "tools", "eval.py"), "-c", "configs/demo.yaml",
+                          "--weights", "/nonexistent/w.safetensors", *extra], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2
+    return res.stderr.strip().splitlines()
+
+
+def test_a_tool_prints_only_its_error_line_on_cpu_and_oneflow_lines_with_verbose():
+    if not _env.cpu_only_machine():
+        return
+    quiet = _tool_stderr()
+    assert len(quiet) == 1 and quiet[0].startswith("error: ") and "/nonexistent/w.safetensors" in quiet[0]
+    verbose = _tool_stderr("--verbose")
+    assert any("libibverbs" in line or "CUDA driver" in line for line in verbose) and verbose[-1] == quiet[0]

@@ -70,10 +70,13 @@ def test_lr_follows_warmup_then_cosine(trained):
         assert lrs[k] == pytest.approx(low + 0.5 * (peak - low) * (1 + math.cos(math.pi * (k + 1) / total)), rel=1e-5)
 
 
-def test_eval_tool_reproduces_the_logged_accuracy(trained, tiny_demo_root):
+def test_eval_tool_reproduces_the_logged_accuracy_from_a_root_with_only_val(trained, tiny_demo_root, tmp_path):
+    import shutil
+
     trainer, out = trained
+    shutil.copytree(os.path.join(tiny_demo_root, "val"), tmp_path / "val")  # evaluation needs no training split
     res = tool("eval.py", "-c", "configs/demo.yaml", "--weights", os.path.join(out, "last"), "--opts",
-               *tiny_train_opts(tiny_demo_root))
+               *tiny_train_opts(str(tmp_path)))
     assert res.returncode == 0, res.stderr
     import json
 

@@ -14,6 +14,10 @@ import socket
 import subprocess
 import sys
 
+try:  # first: re-run under .venv/bin/python when this Python lacks OneFlow (tools/_python.py)
+    import _python  # noqa: F401
+except ImportError:  # loaded from elsewhere (runpy, importlib): that Python runs the package already
+    pass
 import oneflow_posmlp  # noqa: F401  (before oneflow: makes the CUDA libraries loadable)
 
 MODES = "train-eager,train-graph,eval-eager,eval-graph"

@@ -13,6 +13,10 @@ checkpoint such as OUTPUT/best) is read by a restricted reader that runs nothing
 import argparse
 import sys
 
+try:  # first: re-run under .venv/bin/python when this Python lacks OneFlow (tools/_python.py)
+    import _python  # noqa: F401
+except ImportError:  # loaded from elsewhere (runpy, importlib): that Python runs the package already
+    pass
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 
 

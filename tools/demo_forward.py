@@ -5,6 +5,10 @@
 import argparse
 import time
 
+try:  # first: re-run under .venv/bin/python when this Python lacks OneFlow (tools/_python.py)
+    import _python  # noqa: F401
+except ImportError:  # loaded from elsewhere (runpy, importlib): that Python runs the package already
+    pass
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 import oneflow as flow
 

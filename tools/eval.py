@@ -4,11 +4,15 @@
     python tools/eval.py -c configs/posmlp_t.yaml --weights posmlp_t.safetensors
 
 WEIGHTS: a safetensors file (tools/convert_torch_weights.py) or a training checkpoint directory (read by a
-restricted reader: nothing in it runs).
+restricted reader: nothing in it runs). Only the validation split (``data.root/data.val_split``) is read.
 """
 import json
 import sys
 
+try:  # first: re-run under .venv/bin/python when this Python lacks OneFlow (tools/_python.py)
+    import _python  # noqa: F401
+except ImportError:  # loaded from elsewhere (runpy, importlib): that Python runs the package already
+    pass
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 from oneflow_posmlp.cli import config_parser, run
 
@@ -22,19 +26,17 @@ def main(argv=None):
     def go():
         from oneflow_posmlp.checkpoint import load_weights
         from oneflow_posmlp.config import load_config
-        from oneflow_posmlp.engine import Trainer
+        from oneflow_posmlp.engine import evaluate_weights
 
-        cfg = load_config(args.config, list(args.opts) + ["train.ema=false", "log.tensorboard=false", "log.csv=false"])
+        cfg = load_config(args.config, args.opts)
         weights, _ = load_weights(args.weights, ema=args.ema)
-        # loaded into the local model before it becomes global, so a checkpoint of any layout evaluates in any other
-        trainer = Trainer(cfg, weights=weights)
-        res = trainer.evaluate()
-        if trainer.ctx.is_main:
+        res, ctx = evaluate_weights(cfg, weights)  # the model, its layout and the validation split: no training data
+        if ctx.is_main:
             print(json.dumps({"top1": round(res["top1"], 3), "top5": round(res["top5"], 3),
                               "loss": round(res["loss"], 5), "images": res["count"]}))
         return 0
 
-    return run(go)
+    return run(go, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ Needs the onnx extra: pip install -e .[onnx] (oneflow-onnx 0.6.2, onnx 1.14.1, o
 import json
 import sys
 
+try:  # first: re-run under .venv/bin/python when this Python lacks OneFlow (tools/_python.py)
+    import _python  # noqa: F401
+except ImportError:  # loaded from elsewhere (runpy, importlib): that Python runs the package already
+    pass
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 from oneflow_posmlp.cli import config_parser, run
 
@@ -52,7 +56,7 @@ def main(argv=None):
                           "max_abs_diff_vs_oneflow": diff}))
         return 0
 
-    return run(go)
+    return run(go, verbose=args.verbose)
 
 
 if __name__ == "__main__":

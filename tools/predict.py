@@ -5,6 +5,10 @@
 import json
 import sys
 
+try:  # first: re-run under .venv/bin/python when this Python lacks OneFlow (tools/_python.py)
+    import _python  # noqa: F401
+except ImportError:  # loaded from elsewhere (runpy, importlib): that Python runs the package already
+    pass
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 from oneflow_posmlp.cli import config_parser, run
 
@@ -52,7 +56,7 @@ def main(argv=None):
             return 2
         return 0
 
-    return run(go)
+    return run(go, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,16 @@
 """
 import sys
 
+try:  # first: re-run under .venv/bin/python when this Python lacks OneFlow (tools/_python.py)
+    import _python  # noqa: F401
+except ImportError:  # loaded from elsewhere (runpy, importlib): that Python runs the package already
+    pass
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 from oneflow_posmlp.cli import config_parser, run
 
 
 def main(argv=None):
-    p = config_parser(__doc__.splitlines()[1])
+    p = config_parser(__doc__.splitlines()[0])
     p.add_argument("--output", help="output directory (default: output.dir of the config)")
     p.add_argument("--resume", help="training checkpoint to continue from, or 'auto' for OUTPUT/last if present")
     p.add_argument("--init", help="converted weights to start from (a .safetensors file of "
@@ -25,7 +29,7 @@ def main(argv=None):
         Trainer(cfg, output_dir=args.output, resume=args.resume, init=args.init).fit()
         return 0
 
-    return run(go)
+    return run(go, verbose=args.verbose)
 
 
 if __name__ == "__main__":

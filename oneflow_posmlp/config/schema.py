@@ -93,7 +93,7 @@ DEFAULTS = {
     "log": {
         "tensorboard": True,
         "csv": True,
-        "progress": True,        # console progress bar with ETA on rank 0
+        "progress": True,        # progress bar with ETA on rank 0, when stderr is a terminal
     },
 }
 

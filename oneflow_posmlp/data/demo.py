@@ -69,14 +69,6 @@ def _marker(root):
         return f.read().strip()
 
 
-def is_complete(root, train_per_class=None, val_per_class=None, size=None, seed=0):
-    """Whether ``root`` holds a completely generated demo set (of exactly these parameters when given)."""
-    marker = _marker(root)
-    if marker is None or train_per_class is None:
-        return marker is not None
-    return marker == _spec(train_per_class, val_per_class, size, seed)
-
-
 def _remove_stale_tmp(root):
     """Delete ``<root>.tmp-<host>-<pid>`` folders left by generations on this host whose process is gone."""
     parent, base = os.path.split(root)

@@ -35,27 +35,43 @@ def build_datasets(cfg):
     differs from ``model.num_classes``, before any training."""
     d, m = cfg["data"], cfg["model"]
     if d["synthetic"]:
-        return (SyntheticDataset(d["synthetic_size"], tuple(m["img_size"]), m["num_classes"], seed=1),
-                SyntheticDataset(max(d["synthetic_size"] // 4, 1), tuple(m["img_size"]), m["num_classes"], seed=2))
+        return SyntheticDataset(d["synthetic_size"], tuple(m["img_size"]), m["num_classes"], seed=1), \
+            build_val_dataset(cfg)
     root = data_root(cfg)
     train = SafeImageFolder(os.path.join(root, d["train_split"]), build_transforms(cfg, True), seed=cfg["train"]["seed"])
-    val = SafeImageFolder(os.path.join(root, d["val_split"]), build_transforms(cfg, False))
-    if len(train.classes) != m["num_classes"]:
-        raise DataError(f"the training set {train.root} has {len(train.classes)} classes but model.num_classes is "
-                        f"{m['num_classes']}; set --opts model.num_classes={len(train.classes)}")
+    _check_classes(train, m["num_classes"], "training")
+    val = build_val_dataset(cfg)
     if val.classes != train.classes:
         raise DataError(f"the class folders of {val.root} ({len(val.classes)}) differ from those of {train.root} "
                         f"({len(train.classes)}); both splits need the same class sub-folders")
     return train, val
 
 
+def build_val_dataset(cfg):
+    """The validation split alone (``data.root/data.val_split``, eval transform): what evaluation needs, no
+    training split required. Raises :class:`DataError` for a missing/empty folder or a class count that
+    differs from ``model.num_classes``."""
+    d, m = cfg["data"], cfg["model"]
+    if d["synthetic"]:
+        return SyntheticDataset(max(d["synthetic_size"] // 4, 1), tuple(m["img_size"]), m["num_classes"], seed=2)
+    val = SafeImageFolder(os.path.join(data_root(cfg), d["val_split"]), build_transforms(cfg, False))
+    _check_classes(val, m["num_classes"], "validation")
+    return val
+
+
+def _check_classes(dataset, num_classes, split):
+    if len(dataset.classes) != num_classes:
+        raise DataError(f"the {split} set {dataset.root} has {len(dataset.classes)} classes but model.num_classes is "
+                        f"{num_classes}; set --opts model.num_classes={len(dataset.classes)}")
+
+
 def local_batch_size(cfg, world):
     """Images per rank and micro-step: ``train.batch_size / grad_accum_steps / world``; raises ValueError when
-    the global batch does not divide evenly."""
+    the global batch does not divide evenly (:class:`DataError`)."""
     t = cfg["train"]
     per_step = t["batch_size"] // t["grad_accum_steps"]
     if per_step % world:
-        raise ValueError(f"train.batch_size {t['batch_size']} (/ grad_accum_steps {t['grad_accum_steps']}) is not "
+        raise DataError(f"train.batch_size {t['batch_size']} (/ grad_accum_steps {t['grad_accum_steps']}) is not "
                          f"divisible by the {world} data-parallel ranks; use a multiple of {world * t['grad_accum_steps']}")
     return per_step // world
 
@@ -72,7 +88,7 @@ def build_train_loader(cfg, dataset, rank=0, world=1):
     batch = local_batch_size(cfg, world)
     if batch % 2 and build_mixup(cfg) is not None:
         t = cfg["train"]
-        raise ValueError(f"Mixup/CutMix needs an even batch per rank, but train.batch_size {t['batch_size']} / "
+        raise DataError(f"Mixup/CutMix needs an even batch per rank, but train.batch_size {t['batch_size']} / "
                          f"grad_accum_steps {t['grad_accum_steps']} / {world} rank(s) = {batch}; use a multiple of "
                          f"{2 * world * t['grad_accum_steps']} or set aug.mixup=0 aug.cutmix=0")
     sampler = ResumableDistributedSampler(len(dataset), rank, world, batch, shuffle=True, drop_last=True,

@@ -11,6 +11,8 @@ import oneflow as flow
 from flowvision.data import Mixup
 from flowvision.loss.cross_entropy import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
+from ..config import ConfigError
+
 MIXUP_MODES = ("batch",)
 
 
@@ -21,7 +23,7 @@ def build_mixup(cfg):
     if (a["mixup"] <= 0 and a["cutmix"] <= 0) or a["mixup_prob"] <= 0:
         return None
     if a["mixup_mode"] not in MIXUP_MODES:
-        raise ValueError(f"aug.mixup_mode {a['mixup_mode']!r} is not supported: flowvision 0.2.1's elem/pair "
+        raise ConfigError(f"aug.mixup_mode {a['mixup_mode']!r} is not supported: flowvision 0.2.1's elem/pair "
                          f"modes use np.bool, removed in numpy 1.24; use aug.mixup_mode=batch")
     return Mixup(mixup_alpha=a["mixup"], cutmix_alpha=a["cutmix"], prob=a["mixup_prob"],
                  switch_prob=a["mixup_switch_prob"], mode=a["mixup_mode"], label_smoothing=a["smoothing"],

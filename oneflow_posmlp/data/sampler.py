@@ -1,6 +1,8 @@
 """A deterministic, resumable distributed sampler."""
 import numpy as np
 
+from .dataset import DataError
+
 
 class ResumableDistributedSampler:
     """Indices of one data-parallel rank's shard of an epoch.
@@ -19,15 +21,16 @@ class ResumableDistributedSampler:
 
     ``consumed`` is how many samples of its shard this rank has already trained on this epoch; iteration
     starts after them. DataLoader workers prefetch ahead of the training step, so the sampler cannot know
-    what was consumed: the trainer sets it (``set_epoch(epoch, consumed)``) from its step count and saves
-    ``state_dict()`` in its checkpoint; ``load_state_dict()`` then continues with exactly the remaining order.
+    what was consumed: the trainer sets it (``set_epoch(epoch, consumed)``) from its step count, which its
+    checkpoint holds, so a resumed run continues with exactly the remaining order. ``state_dict()`` /
+    ``load_state_dict()`` do the same for other callers (refusing a mid-epoch layout change).
     """
 
     def __init__(self, length, rank=0, world=1, batch_size=1, shuffle=True, drop_last=True, seed=0):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is outside the {world} data-parallel ranks")
         if length < world * batch_size and drop_last:
-            raise ValueError(f"{length} samples cannot fill one global batch of {world} ranks x {batch_size}; "
+            raise DataError(f"{length} samples cannot fill one global batch of {world} ranks x {batch_size}; "
                              f"lower train.batch_size or add data")
         self.length, self.rank, self.world, self.batch_size = length, rank, world, batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
@@ -76,7 +79,7 @@ class ResumableDistributedSampler:
             now = {"length": self.length, "world": self.world, "batch_size": self.batch_size}
             diff = {k: (v, now[k]) for k, v in saved.items() if v != now[k]}
             if diff:
-                raise ValueError(f"cannot resume mid-epoch: the data order was saved with "
+                raise DataError(f"cannot resume mid-epoch: the data order was saved with "
                                  + ", ".join(f"{k}={a}" for k, (a, _) in diff.items()) + " but this run has "
                                  + ", ".join(f"{k}={b}" for k, (_, b) in diff.items())
                                  + "; resume with the same data, ranks and batch size, or from an epoch-end checkpoint")

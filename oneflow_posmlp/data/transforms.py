@@ -21,8 +21,6 @@ from flowvision.transforms import InterpolationMode
 from flowvision.transforms import functional as F
 from flowvision.transforms.functional import str_to_pil_interp
 
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-TRAIN_INTERPOLATIONS = INTERPOLATIONS + ("random",)
 
 
 class RandomResizedCropAndInterpolation(transforms.RandomResizedCrop):

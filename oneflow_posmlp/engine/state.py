@@ -4,6 +4,7 @@ Format: a ``flow.save`` directory (tensors in their own files, the rest in a pic
 restricted reader (:func:`~oneflow_posmlp.checkpoint.read_oneflow_checkpoint`), never by ``flow.load``: a
 checkpoint can only hold tensors, numbers, strings and containers, so a hostile one is refused, not run.
 """
+import contextlib
 import os
 import random
 
@@ -20,6 +21,16 @@ def rng_state():
     if flow.cuda.is_available():
         state["cuda"] = flow.cuda.get_rng_state()
     return state
+
+
+@contextlib.contextmanager
+def rng_preserved():
+    """Run a block without moving the Python/NumPy/OneFlow RNGs (e.g. creating a DataLoader iterator)."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
 
 
 def set_rng_state(state):
@@ -44,7 +55,7 @@ def state_nbytes(obj):
 
 
 def save_training_state(path, state, ctx):
-    """``state`` (model/ema/optimizer state dicts, scheduler, scaler, counters, RNG, sampler, config, class names)
+    """``state`` (model/ema/optimizer state dicts, scaler, counters, RNG, config, class names)
     to the directory ``path``: written by rank 0 under a temporary name, then renamed; other ranks wait.
 
     A write that fails (a full disk, ...) leaves an existing ``path`` as it was and raises the same

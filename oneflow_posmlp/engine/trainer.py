@@ -1,12 +1,13 @@
 """The training loop: the official PosMLP ImageNet recipe (AdamW, cosine with warm-up, Mixup/CutMix,
-label smoothing, gradient clipping, EMA), exact resume, TensorBoard and CSV logs, eager execution.
+label smoothing, gradient clipping, EMA), exact resume, TensorBoard and CSV logs;
+eager or ``nn.Graph`` execution through one step object (``engine/step.py``).
 
 One process or many (``python -m oneflow.distributed.launch``): see :class:`~oneflow_posmlp.parallel.ParallelContext`.
 """
-import contextlib
 import math
 import os
 import random
+import sys
 import time
 
 import numpy as np
@@ -17,41 +18,29 @@ from ..checkpoint.weights import load_weights
 from ..config import ConfigError, dump_config, scaled_lr
 from ..data import build_datasets, build_mixup, build_train_criterion, build_train_loader, build_val_loader
 from ..models import build_model
-from ..models.drop import drop_path_keep, drop_path_modules, set_drop_path_keep
+from ..models.drop import drop_path_keep, drop_path_modules
 from ..parallel import ParallelContext
-from .graph import EvalGraph, TrainGraph, graph_optimizer_state, load_graph_optimizer_state
+from .evaluate import evaluate
 from .logger import CsvLog, TensorBoardWriter, setup_logging
-from .loss_scaler import DynamicLossScaler, autocast
-from .metrics import EvalMeter
-from .optim import build_ema, build_optimizer, clip_gradients
-from .randomness import drop_path_seed, numpy_seeded, seed_oneflow
+from .optim import build_ema, build_optimizer
+from .randomness import drop_path_seed, numpy_seeded
 from .schedule import build_scheduler, resolve_scheduler_kind
-from .state import load_training_state, rng_state, save_training_state, set_rng_state
-
-
-@contextlib.contextmanager
-def rng_preserved():
-    """Run a block without moving the Python/NumPy/OneFlow RNGs (e.g. creating a DataLoader iterator)."""
-    saved = rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(saved)
+from .state import load_training_state, rng_preserved, rng_state, save_training_state, set_rng_state
+from .step import build_step
 
 
 class Trainer:
-    """Build everything from a validated config; ``fit()`` trains, ``evaluate()`` evaluates.
+    """Build everything from a validated config; ``fit()`` trains, ``evaluate()`` evaluates (through
+    :func:`~oneflow_posmlp.engine.evaluate.evaluate`, which also stands alone: ``tools/eval.py``).
 
     ``resume``: a training checkpoint directory (``OUTPUT/last``) or ``"auto"`` (``OUTPUT/last`` if present).
     ``init``: converted weights to start from (``tools/convert_torch_weights.py`` output), head may differ.
-    ``weights``: ``{name: array}`` to load strictly (evaluation of a checkpoint in any layout).
     """
 
-    def __init__(self, cfg, output_dir=None, resume=None, init=None, weights=None):
+    def __init__(self, cfg, output_dir=None, resume=None, init=None):
         self.cfg = cfg
         t = cfg["train"]
         self.ctx = ParallelContext(cfg["dist"])
-        self.graph = t["graph"]
         self.clip_scope = _check_graph_options(t, cfg["dist"])
         self.out = output_dir or cfg["output"]["dir"]
         # checkpoints are read (safely, see checkpoint.oneflow_reader) before anything is written
@@ -67,13 +56,10 @@ class Trainer:
         self.val_loader = build_val_loader(cfg, self.val_set, self.ctx.data_rank, self.ctx.data_parallel)
         self.mixup = build_mixup(cfg)
         self.criterion = build_train_criterion(cfg, self.mixup)
-        self.eval_criterion = flow.nn.CrossEntropyLoss(reduction="none")
 
         self.model = build_model(cfg["model"])
         if init:
             self._load_init(init_arrays, init)
-        if weights is not None:  # {name: array}, loaded strictly (tools/eval.py), before the model goes global
-            load_into_model(self.model, weights)
         if state:
             self.model.load_state_dict(state["model"])
         self.ema = build_ema(self.model, t)
@@ -87,20 +73,15 @@ class Trainer:
         self.accum = t["grad_accum_steps"]
         self.updates_per_epoch = max(self._batches_per_epoch() // self.accum, 1)
         self.lr = scaled_lr(cfg)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.model, t, self.lr, graph=self.graph, clip_scope=self.clip_scope)
+        self.optimizer = build_optimizer(self.model, t, self.lr, graph=t["graph"], clip_scope=self.clip_scope)
         self.scheduler = build_scheduler(self.optimizer, t, self.lr, self.updates_per_epoch)
         self.amp = t["amp"] and self.ctx.device == "cuda"
         if t["amp"] and not self.amp:
             self.log.warning("train.amp: true is ignored: AMP (autocast, loss scaling) is CUDA-only and this run is on "
                              f"{self.ctx.device}; training runs in float32")
-        self.scaler = DynamicLossScaler(enabled=self.amp and not self.graph)
-        self.train_graph = self.eval_graphs = None
-        if self.graph:
-            self.train_graph = TrainGraph(self.model, self.criterion, self.optimizer, self.scheduler.native,
-                                          grad_accum=self.accum, amp=self.amp, zero_stage=cfg["dist"]["zero_stage"],
-                                          checkpoint_levels=cfg["dist"]["activation_checkpointing"], ctx=self.ctx)
-            self.eval_graphs = {}
+        # eager or nn.Graph: the one place the execution mode matters (engine/step.py)
+        self.step = build_step(self.model, self.criterion, self.optimizer, self.scheduler, self.ctx, t, cfg["dist"],
+                               self.amp, self.clip_scope)
 
         self.epoch = self.batch_in_epoch = self.updates = 0
         self.loss_sum = self.loss_count = 0.0
@@ -140,14 +121,7 @@ class Trainer:
         self.log.info(f"initialised from {path}" + (f" (kept a fresh classifier: {', '.join(dropped)})" if dropped else ""))
 
     def _restore(self, state, path):
-        opt_state = state["optimizer"]
-        opt_state = self.ctx.optimizer_state_to_global(opt_state, self.optimizer)
-        if self.graph:  # the graph holds the moments and the step; it takes them before its first call
-            load_graph_optimizer_state(self.train_graph, self.model, self.optimizer, opt_state,
-                                       self.ctx.all_placement)
-        else:
-            self.optimizer.load_state_dict(opt_state)
-        self.scaler.load_state_dict(state["scaler"])
+        self.step.load_state_dict(state)  # optimizer moments and step, loss scaler
         self.epoch, self.batch_in_epoch, self.updates = state["epoch"], state["batch_in_epoch"], state["updates"]
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
         self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
@@ -159,15 +133,15 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def state(self):
+        """The training checkpoint. The lr schedule and the data order are functions of the config and the
+        counters (``updates``, ``epoch``, ``batch_in_epoch``): rebuilt on resume, not stored."""
         return {
             "model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
-            "optimizer": (graph_optimizer_state(self.train_graph, self.model, self.optimizer, self.updates)
-                          if self.graph else self.optimizer.state_dict()),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            **self.step.state_dict(),  # optimizer, scaler
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "updates": self.updates, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
             "best_top1": self.best_top1, "best_epoch": self.best_epoch, "rng": rng_state(),
-            "sampler": self.sampler.state_dict(), "config": self.cfg,
+            "config": self.cfg,
             "classes": list(getattr(self.train_set, "classes", None) or []) or None,  # ImageFolder class names
         }
 
@@ -213,19 +187,18 @@ class Trainer:
         self.model.train()
         with rng_preserved():
             batches = iter(self.train_loader)
+        # a bar only on a terminal: in a log file (CI, > file) each refresh would be a line; log lines always
         progress = _progress(total, self.batch_in_epoch, f"epoch {self.epoch}",
-                             ctx.is_main and self.cfg["log"]["progress"])
+                             ctx.is_main and self.cfg["log"]["progress"] and sys.stderr.isatty())
         data_start = time.time()
         window_start, window_images = time.time(), 0
-        micro = []
         while self.batch_in_epoch < total:
             try:
                 x, y = next(batches)
             except StopIteration:
                 break
             data_time = time.time() - data_start
-            micro_index = self.batch_in_epoch % self.accum
-            step = (t["seed"], self.updates, micro_index)  # every random draw of this micro-batch is seeded by it
+            step = (t["seed"], self.updates, self.batch_in_epoch % self.accum)  # seeds every draw of the micro-batch
             if self.mixup is not None:
                 with numpy_seeded(*step, ctx.data_rank):
                     x, y = self.mixup(x, y)  # on local tensors, before to_global
@@ -233,43 +206,21 @@ class Trainer:
             self.batch_in_epoch += 1
             window_images += local_batch * ctx.data_parallel
             progress.update(1)
-            if self.graph:  # one graph call per update: the graph splits the batch into its micro-batches
-                micro.append((x, y) if keep is None else (x, y, keep))
-                if len(micro) < self.accum:
-                    continue
-                x, y, *keep = (flow.cat(parts) for parts in zip(*micro))
-                x, y = ctx.to_global_batch(x, y)
-                keep = [ctx.to_global_batch(k) for k in keep]  # (B, blocks), with the images
-                micro = []
-                seed_oneflow(t["seed"], self.updates, 0)  # a graph's dropout draws from its compile-time seed
-                loss_value = float(ctx.replicate(self.train_graph(x, y, *keep)).mean().numpy())
-                self.loss_sum += loss_value * self.accum
-                self.loss_count += self.accum
-            else:
-                seed_oneflow(*step)
-                x, y = ctx.to_global_batch(x, y)
-                set_drop_path_keep(self.drop_paths, None if keep is None else ctx.to_global_batch(keep))
-                with autocast(self.amp, ctx.device):
-                    loss = self.criterion(self.model(x), y)
-                self.scaler.scale_loss(loss / self.accum).backward()
-                set_drop_path_keep(self.drop_paths, None)
-                loss_value = float(ctx.replicate(loss).numpy())
-                self.loss_sum += loss_value
-                self.loss_count += 1
-                micro.append(loss_value)
-                loss_value = sum(micro) / len(micro)  # logged: the mean over the update's micro-batches
-            if self.batch_in_epoch % self.accum == 0:
-                micro = []
-                grad_norm = self._optimizer_step()
+            result = self.step.run(x, y, keep, step)
+            if result is not None:  # the update is complete: the optimizer has stepped
+                self.loss_sum += result.loss_sum
+                self.loss_count += result.micro_batches
+                self._after_update()
                 if self.updates % t["log_interval"] == 0 or self.batch_in_epoch == total:
                     speed = window_images / max(time.time() - window_start, 1e-9)
-                    self._log_step(loss_value, grad_norm, speed, data_time)
-                    progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{self._lr():.2e}")
+                    self._log_step(result.loss, result.grad_norm, speed, data_time)
+                    progress.set_postfix(loss=f"{result.loss:.3f}", lr=f"{self._lr():.2e}")
                     window_start, window_images = time.time(), 0
                 every = self.cfg["output"]["save_every_steps"]
                 if every > 0 and self.updates % every == 0:
                     self.save("last")
             data_start = time.time()
+        self.step.discard()  # micro-batches of an unfinished update do not carry into the next epoch
         progress.close()
         return self.loss_sum / max(self.loss_count, 1)
 
@@ -282,27 +233,12 @@ class Trainer:
                               drop_path_seed(*step), rows=slice(d * local_batch, (d + 1) * local_batch))
         return flow.tensor(keep)
 
-    def _optimizer_step(self):
-        """Eager: unscale, clip, step; graph: the step ran inside the graph. Then schedule and EMA."""
-        grad_norm = float("nan")  # a graph does not return it
-        if not self.graph:
-            grad_norm = self._eager_step()
+    def _after_update(self):
+        """After every optimizer step, in both modes: the update count, the lr schedule, the EMA."""
         self.updates += 1
         self.scheduler.step_update(self.updates)
         if self.ema is not None:
             self.ema.update(self.model)
-        return grad_norm
-
-    def _eager_step(self):
-        params = self.params
-        finite = self.scaler.unscale_and_check(params)
-        grad_norm = float("nan")
-        if finite:  # logged: the norm of all gradients before clipping
-            grad_norm = clip_gradients(self.optimizer, self.cfg["train"]["clip_grad"], self.clip_scope,
-                                       self.ctx.clip_grad_norm_)
-            self.optimizer.step()
-        self.optimizer.zero_grad()
-        return grad_norm
 
     def _lr(self):
         return self.optimizer.param_groups[0]["lr"]
@@ -315,32 +251,14 @@ class Trainer:
                                ("train/images_per_sec", speed), ("train/data_time", data_time)):
                 if not math.isnan(value):  # the grad norm of a graph step is not known
                     self.tb.add_scalar(tag, value, self.updates)
-            if self.amp:
-                self.tb.add_scalar("train/loss_scale", self.scaler.scale, self.updates)
+            if self.step.loss_scale is not None:
+                self.tb.add_scalar("train/loss_scale", self.step.loss_scale, self.updates)
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, model=None):
         """``{loss, top1, top5, count}`` of ``model`` (default: the trained model) on the validation set."""
         model = model or self.model
-        was_training = model.training
-        model.eval()
-        meter = EvalMeter()
-        with rng_preserved():
-            batches = iter(self.val_loader)
-        with flow.no_grad():
-            for x, y, valid in batches:
-                x, y, valid = self.ctx.to_global_batch(x, y, valid)
-                if self.graph:
-                    if id(model) not in self.eval_graphs:
-                        self.eval_graphs[id(model)] = EvalGraph(model, amp=self.amp, ctx=self.ctx)
-                    logits = self.eval_graphs[id(model)](x)
-                else:
-                    with autocast(self.amp, self.ctx.device):
-                        logits = model(x)
-                logits, y, valid = (self.ctx.replicate(t) for t in (logits.to(flow.float32), y, valid))
-                meter.update(logits, y, valid, self.eval_criterion)
-        model.train(was_training)
-        return meter.result()
+        return evaluate(model, self.val_loader, self.ctx, forward=self.step.eval_forward(model), amp=self.amp)
 
     def _evaluate_and_log(self):
         row = {}

@@ -32,6 +32,10 @@ class OnnxUnavailable(ImportError):
     """The ``onnx`` extra is not installed."""
 
 
+class ExportError(ValueError):
+    """A model or an export that cannot be exported as asked; the message says what to do."""
+
+
 def import_oneflow_onnx():
     """The oneflow-onnx converter pieces and onnxruntime, or :class:`OnnxUnavailable` naming the fix."""
     if "bool" not in vars(np):
@@ -102,7 +106,7 @@ def prepare_for_export(model):
     from ..models.posgu import PoSGU
 
     if any(getattr(level, "shifted", False) for level in model.levels):
-        raise ValueError("this model has shifted windows (model.shift: true), whose cyclic shift (flow.roll) "
+        raise ExportError("this model has shifted windows (model.shift: true), whose cyclic shift (flow.roll) "
                          "oneflow-onnx 0.6.2 cannot convert; export a model with shift: false (all registered "
                          "PosMLP variants and the official models are)")
     frozen_cls, ln_cls = _frozen_token_map_cls(), _layer_norm_cls()
@@ -201,7 +205,7 @@ def export_onnx(model, path, batch_size=1, opset=OPSET, check=True, atol=1e-4, s
     outs = run_onnx(path, x)
     diff = max(float(np.abs(o - r).max()) for o, r in zip(outs, refs))
     if len(outs) != len(refs) or diff > atol:
-        raise ValueError(f"{path}: onnxruntime's output differs from OneFlow's by {diff:.3g} (> {atol}); "
+        raise ExportError(f"{path}: onnxruntime's output differs from OneFlow's by {diff:.3g} (> {atol}); "
                          f"the export is wrong, do not use it")
     return diff
 

@@ -14,6 +14,11 @@ class PosMLPLayer(nn.Module):
     mask token pairs that were not neighbours before the shift, reverse, shift back (Swin).
     """
 
+    # Tensor-parallel plan, applied by parallel/tensor_parallel.py (which fails if a name here matches nothing):
+    # proj_c_e split by output columns, proj_c_s by input rows; PoSGU needs whole channel vectors, so the hidden
+    # activations are gathered to `gate_sbp` before the gating unit (and the block output after proj_c_s).
+    tensor_parallel_plan = {"columns": ("proj_c_e",), "rows": ("proj_c_s",), "gather": "gate_sbp"}
+
     def __init__(self, dim, win_size, gate_unit, chunks=2, mlp_ratio=4.0, drop=0.0, drop_path=0.0,
                  act_layer=nn.GELU, norm_layer=nn.LayerNorm, layer_idx=0, shift_size=0, feature_size=None,
                  **gate_kwargs):
@@ -29,9 +34,9 @@ class PosMLPLayer(nn.Module):
         self.gate_unit = gate_unit(dim=self.hidden_dim, win_size=win_size, chunks=chunks, norm_layer=norm_layer,
                                    layer_idx=layer_idx, **gate_kwargs)
         self.act = act_layer()
-        # Set from outside by tensor parallelism (parallel/tensor_parallel.py): the SBP that activations with whole
-        # channel vectors (the gating unit's input, the block's output) are brought to explicitly. None (the
-        # default) leaves tensors as they are.
+        # The gather point of tensor_parallel_plan, set by parallel/tensor_parallel.py: the SBP that activations
+        # with whole channel vectors (the gating unit's input, the block's output) are brought to explicitly.
+        # None (the default) leaves tensors as they are.
         self.gate_sbp = None
         self.drop = Dropout(drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()

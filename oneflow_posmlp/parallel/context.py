@@ -19,7 +19,7 @@ import oneflow as flow
 
 from . import pipeline
 from .errors import LayoutError
-from .tensor_parallel import check_tensor_parallel, set_gate_sbp, tensor_parallel_sbp
+from .tensor_parallel import check_tensor_parallel, set_gate_sbp, tensor_parallel_plan
 
 
 class ParallelContext:
@@ -90,10 +90,11 @@ class ParallelContext:
             return module
         self.check_model(module)
         stages = pipeline.module_stages(module, self.pipeline_parallel)
+        split = tensor_parallel_plan(module)[0] if self.tensor_parallel > 1 else {}  # {name: SBP} of split weights
         targets = {}
         for name, p in module.named_parameters():
             targets[id(p)] = (self.stage_placements[pipeline.stage_of(name, stages)],
-                              self.sbp(flow.sbp.broadcast, tensor_parallel_sbp(name)))
+                              self.sbp(flow.sbp.broadcast, split.get(name, flow.sbp.broadcast)))
         for name, b in module.named_buffers():
             targets[id(b)] = (self.stage_placements[pipeline.stage_of(name, stages)], self._replicated())
         def to_target(t):

@@ -1,0 +1,144 @@
+"""One training step object per execution mode, with one interface for the trainer:
+
+* ``run(x, y, keep, seed_step) -> StepResult | None``: take one micro-batch (local tensors, after Mixup;
+  ``keep``: this rank's drop-path keep masks ``(b, blocks)`` or None; ``seed_step``: ``(seed, update, micro)``
+  of :mod:`~oneflow_posmlp.engine.randomness`); returns None until the update's last micro-batch, then the
+  update's result (the optimizer has stepped).
+* ``discard()``: drop the micro-batches of an unfinished update (the end of an epoch).
+* ``state_dict()`` / ``load_state_dict(state)``: ``{"optimizer": eager-format optimizer state, "scaler": ...}``,
+  one format for both modes, so a checkpoint of one mode resumes in the other (``load_state_dict`` takes the
+  training checkpoint, which also holds ``updates``).
+* ``eval_forward(model)``: ``x -> logits`` for :func:`~oneflow_posmlp.engine.evaluate.evaluate` (None: eager).
+
+:class:`EagerStep` runs forward and backward per micro-batch and clips and steps eagerly;
+:class:`GraphStep` collects an update's micro-batches and runs them in one :class:`TrainGraph` call (lr schedule
+and clipping inside the graph). The lr schedule and the EMA are the trainer's, alike for both.
+"""
+from collections import namedtuple
+
+import oneflow as flow
+
+from ..models.drop import drop_path_modules, set_drop_path_keep
+from .graph import EvalGraph, TrainGraph, graph_optimizer_state, load_graph_optimizer_state
+from .loss_scaler import DynamicLossScaler, autocast
+from .optim import clip_gradients
+from .randomness import seed_oneflow
+
+StepResult = namedtuple("StepResult", "loss loss_sum micro_batches grad_norm")
+StepResult.__doc__ = """One update: ``loss`` the mean over its micro-batches (logged), ``loss_sum`` their sum,
+``grad_norm`` the 2-norm of all gradients before clipping (NaN where unknown: a graph does not return it)."""
+
+
+class EagerStep:
+    """Forward and backward per micro-batch (the loss scaled by ``1 / accum``), then unscale, clip (by one
+    global norm or per parameter group, ``clip_scope``), step and zero the gradients."""
+
+    def __init__(self, model, criterion, optimizer, ctx, accum=1, clip_grad=0.0, clip_scope="global", amp=False):
+        self.model, self.criterion, self.optimizer, self.ctx = model, criterion, optimizer, ctx
+        self.accum, self.clip_grad, self.clip_scope, self.amp = accum, clip_grad, clip_scope, amp
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.drop_paths = drop_path_modules(model)
+        self.scaler = DynamicLossScaler(enabled=amp)
+        self._losses = []
+
+    @property
+    def loss_scale(self):
+        return self.scaler.scale if self.amp else None
+
+    def run(self, x, y, keep, seed_step):
+        ctx = self.ctx
+        seed_oneflow(*seed_step)
+        x, y = ctx.to_global_batch(x, y)
+        set_drop_path_keep(self.drop_paths, None if keep is None else ctx.to_global_batch(keep))
+        with autocast(self.amp, ctx.device):
+            loss = self.criterion(self.model(x), y)
+        self.scaler.scale_loss(loss / self.accum).backward()
+        set_drop_path_keep(self.drop_paths, None)
+        self._losses.append(float(ctx.replicate(loss).numpy()))
+        if len(self._losses) < self.accum:
+            return None
+        losses, self._losses = self._losses, []
+        grad_norm = float("nan")
+        if self.scaler.unscale_and_check(self.params):  # logged: the norm of all gradients before clipping
+            grad_norm = clip_gradients(self.optimizer, self.clip_grad, self.clip_scope, ctx.clip_grad_norm_)
+            self.optimizer.step()
+        self.optimizer.zero_grad()
+        return StepResult(sum(losses) / len(losses), sum(losses), len(losses), grad_norm)
+
+    def discard(self):
+        if self._losses:
+            self._losses = []
+            self.optimizer.zero_grad()
+
+    def eval_forward(self, model):
+        return None
+
+    def state_dict(self):
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(self.ctx.optimizer_state_to_global(state["optimizer"], self.optimizer))
+        self.scaler.load_state_dict(state["scaler"])
+
+
+class GraphStep:
+    """An update's micro-batches concatenated into one :class:`TrainGraph` call (the graph splits them again:
+    gradient accumulation), with the lr schedule (``lr_scheduler``: OneFlow's) and clipping compiled in.
+    Eval graphs of the trained model and its EMA share the modules (and so the weights)."""
+
+    def __init__(self, model, criterion, optimizer, lr_scheduler, ctx, accum=1, amp=False, zero_stage=0,
+                 checkpoint_levels=()):
+        self.model, self.optimizer, self.ctx, self.accum, self.amp = model, optimizer, ctx, accum, amp
+        self.graph = TrainGraph(model, criterion, optimizer, lr_scheduler, grad_accum=accum, amp=amp,
+                                zero_stage=zero_stage, checkpoint_levels=checkpoint_levels, ctx=ctx)
+        self.scaler = DynamicLossScaler(enabled=False)  # the graph scales inside; kept for the checkpoint format
+        self.updates = 0  # the optimizer's step count (the graph holds it; eager checkpoints carry it)
+        self._micro = []
+        self._eval_graphs = {}
+
+    loss_scale = None
+
+    def run(self, x, y, keep, seed_step):
+        self._micro.append((x, y) if keep is None else (x, y, keep))
+        if len(self._micro) < self.accum:
+            return None
+        ctx = self.ctx
+        x, y, *keep = (flow.cat(parts) for parts in zip(*self._micro))
+        self._micro = []
+        x, y = ctx.to_global_batch(x, y)
+        keep = [ctx.to_global_batch(k) for k in keep]  # (B, blocks), with the images
+        seed, update, _ = seed_step
+        seed_oneflow(seed, update, 0)  # a graph's dropout draws from its compile-time seed
+        loss = float(ctx.replicate(self.graph(x, y, *keep)).mean().numpy())
+        self.updates += 1
+        return StepResult(loss, loss * self.accum, self.accum, float("nan"))
+
+    def discard(self):
+        self._micro = []
+
+    def eval_forward(self, model):
+        if id(model) not in self._eval_graphs:
+            self._eval_graphs[id(model)] = EvalGraph(model, amp=self.amp, ctx=self.ctx)
+        return self._eval_graphs[id(model)]
+
+    def state_dict(self):
+        return {"optimizer": graph_optimizer_state(self.graph, self.model, self.optimizer, self.updates),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state):
+        """Before the graph's first call: it takes the moments and the step then."""
+        opt_state = self.ctx.optimizer_state_to_global(state["optimizer"], self.optimizer)
+        load_graph_optimizer_state(self.graph, self.model, self.optimizer, opt_state, self.ctx.all_placement)
+        self.updates = int(state.get("updates", opt_state["state"].get("step", 0)))
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def build_step(model, criterion, optimizer, scheduler, ctx, train_cfg, dist_cfg, amp, clip_scope):
+    """The step object of ``train.graph``: :class:`GraphStep` (``scheduler.native`` compiled in) or
+    :class:`EagerStep`."""
+    t = train_cfg
+    if t["graph"]:
+        return GraphStep(model, criterion, optimizer, scheduler.native, ctx, accum=t["grad_accum_steps"], amp=amp,
+                         zero_stage=dist_cfg["zero_stage"], checkpoint_levels=dist_cfg["activation_checkpointing"])
+    return EagerStep(model, criterion, optimizer, ctx, accum=t["grad_accum_steps"], clip_grad=t["clip_grad"],
+                     clip_scope=clip_scope, amp=amp)

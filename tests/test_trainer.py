@@ -141,3 +141,20 @@ def test_amp_on_cpu_is_reported_once_in_the_log(tiny_demo_root, tmp_path):
     assert trainer.amp is False
     with open(os.path.join(str(tmp_path), "log_rank0.txt")) as f:
         assert f.read().count("train.amp: true is ignored: AMP (autocast, loss scaling) is CUDA-only") == 1
+
+
+def test_mid_epoch_resume_needs_the_same_data_and_global_batch():
+    """Rank r reads block r of every global batch, so a mid-epoch resume may change the data-parallel degree
+    but not the global batch or the data set (the rest of the epoch would be another order)."""
+    from types import SimpleNamespace
+
+    from oneflow_posmlp.checkpoint import CheckpointError
+
+    me = SimpleNamespace(batch_in_epoch=3, epoch=1, train_set=[0] * 64, cfg={"train": {"batch_size": 16}})
+    state = {"train_images": 64, "config": {"train": {"batch_size": 16}}}
+    Trainer._check_data_order(me, state, "last")  # same order: fine, whatever the ranks
+    with pytest.raises(CheckpointError, match="train.batch_size was 32, now 16"):
+        Trainer._check_data_order(me, dict(state, config={"train": {"batch_size": 32}}), "last")
+    with pytest.raises(CheckpointError, match="train images was 60, now 64"):
+        Trainer._check_data_order(me, dict(state, train_images=60), "last")
+    Trainer._check_data_order(SimpleNamespace(**dict(me.__dict__, batch_in_epoch=0)), dict(state, train_images=60), "last")

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import oneflow as flow
 
+from ..checkpoint import CheckpointError
 from ..checkpoint.convert import load_into_model
 from ..checkpoint.weights import load_weights
 from ..config import ConfigError, dump_config, scaled_lr
@@ -123,6 +124,7 @@ class Trainer:
     def _restore(self, state, path):
         self.step.load_state_dict(state)  # optimizer moments and step, loss scaler
         self.epoch, self.batch_in_epoch, self.updates = state["epoch"], state["batch_in_epoch"], state["updates"]
+        self._check_data_order(state, path)
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
         self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
         # the schedule is rebuilt from the config and moved to the saved update (it is a function of the update
@@ -130,6 +132,21 @@ class Trainer:
         self.scheduler.step_update(self.updates)
         set_rng_state(state["rng"][self.ctx.rank] if isinstance(state["rng"], list) else state["rng"])
         self.log.info(f"resumed from {path}: epoch {self.epoch}, batch {self.batch_in_epoch}, update {self.updates}")
+
+    def _check_data_order(self, state, path):
+        """A mid-epoch resume skips the global batches already trained on: that needs the same data set and
+        global batch (the data-parallel degree may change: rank r reads block r of every global batch)."""
+        if not self.batch_in_epoch:
+            return
+        saved = {"train images": state.get("train_images"),
+                 "train.batch_size": (state.get("config") or {}).get("train", {}).get("batch_size")}
+        now = {"train images": len(self.train_set), "train.batch_size": self.cfg["train"]["batch_size"]}
+        diff = [k for k in saved if saved[k] is not None and saved[k] != now[k]]
+        if diff:
+            raise CheckpointError(f"--resume {path}: cannot continue mid-epoch ({self.batch_in_epoch} batches into epoch "
+                                  f"{self.epoch}): {diff[0]} was {saved[diff[0]]}, now {now[diff[0]]}, so the rest of "
+                                  f"the epoch's order would differ; resume with the same data and global batch, or "
+                                  f"from a checkpoint written at the end of an epoch")
 
     # ----------------------------------------------------------------- checkpoints
     def state(self):
@@ -141,7 +158,7 @@ class Trainer:
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "updates": self.updates, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
             "best_top1": self.best_top1, "best_epoch": self.best_epoch, "rng": rng_state(),
-            "config": self.cfg,
+            "config": self.cfg, "train_images": len(self.train_set),
             "classes": list(getattr(self.train_set, "classes", None) or []) or None,  # ImageFolder class names
         }
 

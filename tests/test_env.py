@@ -27,8 +27,28 @@ def test_defaults_need_oneflow_not_imported_and_a_cpu_only_machine(monkeypatch):
     assert not _env.apply_cpu_defaults(environ) and environ == {}
     monkeypatch.delitem(sys.modules, "oneflow")
     monkeypatch.setattr(_env, "cpu_only_machine", lambda: True)
+    monkeypatch.setattr(_env, "cpu_flags", lambda: set())
     assert _env.apply_cpu_defaults(environ) and environ == {_env.VM_WORKER: "0"}
     user = {_env.VM_WORKER: "1"}
     assert not _env.apply_cpu_defaults(user) and user == {_env.VM_WORKER: "1"}
     monkeypatch.setattr(_env, "cpu_only_machine", lambda: False)
     assert not _env.apply_cpu_defaults({})
+
+
+def test_openblas_core_type_needs_avx2_and_fma_and_keeps_the_users(monkeypatch):
+    monkeypatch.delitem(sys.modules, "oneflow", raising=False)
+    monkeypatch.setattr(_env, "cpu_only_machine", lambda: False)
+    monkeypatch.setattr(_env, "cpu_flags", lambda: {"sse2", "avx", "avx2", "fma"})
+    environ = {}
+    assert _env.apply_cpu_defaults(environ) == [_env.CORETYPE] and environ == {_env.CORETYPE: "Haswell"}
+    user = {_env.CORETYPE: "Prescott"}
+    assert _env.apply_cpu_defaults(user) == [] and user == {_env.CORETYPE: "Prescott"}
+    monkeypatch.setattr(_env, "cpu_flags", lambda: {"sse2", "avx"})  # no AVX2: OpenBLAS's own choice stays
+    assert _env.apply_cpu_defaults({}) == []
+
+
+def test_import_sets_the_core_type_only_with_avx2_and_fma():
+    env = {k: v for k, v in os.environ.items() if k != _env.CORETYPE}
+    out = subprocess.run([sys.executable, "-c", "import os, oneflow_posmlp; print(os.environ.get('OPENBLAS_CORETYPE'))"],
+                         env=env, capture_output=True, text=True, timeout=120).stdout.strip()
+    assert out == ("Haswell" if {"avx2", "fma"} <= _env.cpu_flags() else "None")

@@ -7,6 +7,22 @@ from .drop import DropPath, Dropout
 from .windows import shifted_window_mask, window_partition, window_reverse
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state dict) that can run with its output features or its input
+    features taken in another order: ``forward(x, out_order=idx)`` is ``linear(x)[..., idx]`` and
+    ``forward(x, in_order=idx)`` is ``linear`` of ``x`` whose features are ``x_official[..., idx]``, computed by
+    gathering the weight (and bias) rows or columns. ``(..., in_features) -> (..., out_features)``."""
+
+    def forward(self, x, out_order=None, in_order=None):
+        weight, bias = self.weight, self.bias
+        if out_order is not None:
+            weight = flow.index_select(weight, 0, out_order)
+            bias = None if bias is None else flow.index_select(bias, 0, out_order)
+        if in_order is not None:
+            weight = flow.index_select(weight, 1, in_order)
+        return flow.nn.functional.linear(x, weight, bias)
+
+
 class PosMLPLayer(nn.Module):
     """One PosMLP block: ``x + DropPath(proj_c_s(gate_unit(act(proj_c_e(norm(x))))))``.
 
@@ -25,8 +41,8 @@ class PosMLPLayer(nn.Module):
         self.hidden_dim = int(mlp_ratio * dim)
         self.split_dim = self.hidden_dim // chunks
         self.norm = norm_layer(dim)
-        self.proj_c_e = nn.Linear(dim, self.hidden_dim)
-        self.proj_c_s = nn.Linear(self.split_dim, dim)
+        self.proj_c_e = Linear(dim, self.hidden_dim)
+        self.proj_c_s = Linear(self.split_dim, dim)
         self.gate_unit = gate_unit(dim=self.hidden_dim, win_size=win_size, chunks=chunks, norm_layer=norm_layer,
                                    layer_idx=layer_idx, **gate_kwargs)
         self.act = act_layer()
@@ -42,7 +58,9 @@ class PosMLPLayer(nn.Module):
             self.register_buffer("shift_mask", flow.tensor(mask), persistent=False)
         else:
             self.shift_mask = None
-        # On CPU the block runs the gating unit with its hidden channels in group-major order (see forward_gate).
+        # On CPU the block runs the gating unit with its hidden channels in group-major order (_gate_group_major);
+        # group_major = False keeps the official order everywhere (the ONNX export does).
+        self.group_major = True
         if hasattr(self.gate_unit, "hidden_order"):
             order = flow.tensor(self.gate_unit.hidden_order(self.hidden_dim))
             self.register_buffer("hidden_order", order, persistent=False)
@@ -64,7 +82,7 @@ class PosMLPLayer(nn.Module):
 
     def _group_major(self, x):
         """Group-major hidden channels: CPU tensors, a PoSGU, whole (not tensor-parallel) projections."""
-        return self.hidden_order is not None and self.gate_sbp is None and on_cpu(x)
+        return self.group_major and self.hidden_order is not None and self.gate_sbp is None and on_cpu(x)
 
     def _gate_group_major(self, x, mask):
         """``proj_c_s(gate_unit(act(proj_c_e(x))))`` with the hidden channels in the gating unit's group-major
@@ -73,12 +91,9 @@ class PosMLPLayer(nn.Module):
         ``V`` channels instead of single values (OneFlow 0.9.0's CPU permute: 1 ms instead of 17-28 ms on a
         ``(8, 196, 768)`` activation). ``(B, W, N, C) -> (B, W, N, C)``."""
         order = self.hidden_order
-        half = order[: self.split_dim]
-        e, s = self.proj_c_e, self.proj_c_s
-        bias = None if e.bias is None else flow.index_select(e.bias, 0, order)
-        x = self.act(flow.nn.functional.linear(x, flow.index_select(e.weight, 0, order), bias))
+        x = self.act(self.proj_c_e(x, out_order=order))
         x = self.gate_unit(x, mask=mask, group_major=True)
-        return flow.nn.functional.linear(x, flow.index_select(s.weight, 1, half), s.bias)
+        return self.proj_c_s(x, in_order=order[: self.split_dim])
 
     def forward(self, x):
         if self.shift_size == 0:

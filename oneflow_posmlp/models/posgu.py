@@ -53,7 +53,9 @@ class PoSGU(nn.Module):
         (``x[..., self.hidden_order(D)]``) instead of the official ``(v s)``; same values, permuted."""
         u, v = (x, x) if self.chunks == 1 else x.chunk(2, dim=-1)
         gate = None if self.pos_only else self.token_proj_n_weight
-        return self.pos(u, mask=mask, gate=gate, group_major=group_major) * v
+        if group_major:
+            return self.pos(u, mask=mask, gate=gate, group_major=True) * v
+        return self.pos(u, mask=mask, gate=gate) * v
 
 
 class SGU(nn.Module):

@@ -11,6 +11,13 @@ user set.
 warning); errors stay visible. Not over a value the user set, and not with ``POSMLP_VERBOSE=1`` (the tools'
 ``--verbose``). The tools also hide OneFlow's ``libibverbs not available`` line (printed by its C++ code when
 it is imported, not through glog): :func:`import_oneflow_quietly`.
+
+``OPENBLAS_CORETYPE=Haswell``: OneFlow 0.9.0 links a static OpenBLAS (a ``DYNAMIC_ARCH`` build without
+AVX-512 kernels) that does not recognise recent Xeons ("Core not found", with ``OPENBLAS_VERBOSE=2``) and
+falls back to its SSE3 ``Prescott`` kernels: sgemm at 20-27 GFLOP/s on this project's 2-core machines, 45-53
+with the AVX2 ``Haswell`` kernels, which every CPU with AVX2 and FMA runs. Set on CPUs with both flags (any
+machine: OneFlow's CPU matmuls use it), only when OneFlow is not imported yet and the user set no core type.
+numpy's OpenBLAS, if numpy is not imported yet, reads it too (here it also fell back to ``Prescott``).
 """
 import glob
 import os
@@ -22,6 +29,7 @@ GLOG_LEVEL = "GLOG_minloglevel"
 VERBOSE = "POSMLP_VERBOSE"
 _QUIET_SET = "_POSMLP_GLOG_SET"  # marks a GLOG_minloglevel this module set (so --verbose may take it back)
 IMPORT_NOISE = ("libibverbs not available",)
+CORETYPE = "OPENBLAS_CORETYPE"
 
 
 def cpu_only_machine():
@@ -29,13 +37,32 @@ def cpu_only_machine():
     return not glob.glob("/dev/nvidia*")
 
 
+def cpu_flags():
+    """The CPU's feature flags (``/proc/cpuinfo``), empty where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def apply_cpu_defaults(environ=None):
-    """Set ``ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD=0`` where it applies; returns whether it was set."""
+    """Set ``ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD=0`` and ``OPENBLAS_CORETYPE=Haswell`` where they apply;
+    returns the names set."""
     environ = os.environ if environ is None else environ
-    if "oneflow" in sys.modules or VM_WORKER in environ or not cpu_only_machine():
-        return False
-    environ[VM_WORKER] = "0"
-    return True
+    if "oneflow" in sys.modules:
+        return []
+    done = []
+    if VM_WORKER not in environ and cpu_only_machine():
+        environ[VM_WORKER] = "0"
+        done.append(VM_WORKER)
+    if CORETYPE not in environ and {"avx2", "fma"} <= cpu_flags():
+        environ[CORETYPE] = "Haswell"
+        done.append(CORETYPE)
+    return done
 
 
 def verbose(environ=None):

@@ -28,6 +28,7 @@ def test_defaults_need_oneflow_not_imported_and_a_cpu_only_machine(monkeypatch):
     assert not _env.apply_cpu_defaults(environ) and environ == {}
     monkeypatch.delitem(sys.modules, "oneflow")
     monkeypatch.setattr(_env, "cpu_only_machine", lambda: True)
+    monkeypatch.setattr(_env, "cpu_flags", lambda: set())
     assert _env.apply_cpu_defaults(environ) and environ == {_env.VM_WORKER: "0"}
     user = {_env.VM_WORKER: "1"}
     assert not _env.apply_cpu_defaults(user) and user == {_env.VM_WORKER: "1"}
@@ -66,3 +67,22 @@ def test_a_tool_prints_only_its_error_line_on_cpu_and_oneflow_lines_with_verbose
     assert len(quiet) == 1 and quiet[0].startswith("error: ") and "/nonexistent/w.safetensors" in quiet[0]
     verbose = _tool_stderr("--verbose")
     assert any("libibverbs" in line or "CUDA driver" in line for line in verbose) and verbose[-1] == quiet[0]
+
+
+def test_openblas_core_type_needs_avx2_and_fma_and_keeps_the_users(monkeypatch):
+    monkeypatch.delitem(sys.modules, "oneflow", raising=False)
+    monkeypatch.setattr(_env, "cpu_only_machine", lambda: False)
+    monkeypatch.setattr(_env, "cpu_flags", lambda: {"sse2", "avx", "avx2", "fma"})
+    environ = {}
+    assert _env.apply_cpu_defaults(environ) == [_env.CORETYPE] and environ == {_env.CORETYPE: "Haswell"}
+    user = {_env.CORETYPE: "Prescott"}
+    assert _env.apply_cpu_defaults(user) == [] and user == {_env.CORETYPE: "Prescott"}
+    monkeypatch.setattr(_env, "cpu_flags", lambda: {"sse2", "avx"})  # no AVX2: OpenBLAS's own choice stays
+    assert _env.apply_cpu_defaults({}) == []
+
+
+def test_import_sets_the_core_type_only_with_avx2_and_fma():
+    env = {k: v for k, v in os.environ.items() if k != _env.CORETYPE}
+    out = subprocess.run([sys.executable, "-c", "import os, oneflow_posmlp; print(os.environ.get('OPENBLAS_CORETYPE'))"],
+                         env=env, capture_output=True, text=True, timeout=120).stdout.strip()
+    assert out == ("Haswell" if {"avx2", "fma"} <= _env.cpu_flags() else "None")

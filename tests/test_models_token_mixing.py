@@ -157,3 +157,38 @@ def test_cpu_token_bias_form_is_bit_identical_to_the_broadcast():
 
     x, bias = flow.randn(2, 3, 16, 6), flow.randn(1, 16, 1)
     np.testing.assert_array_equal(add_token_bias(x, bias).numpy(), (x + bias.unsqueeze(0)).numpy())
+
+
+@pytest.mark.parametrize("per_window", [False, True])
+def test_group_mix_group_major_order_is_the_same_mix_with_permuted_channels(per_window):
+    from oneflow_posmlp.models.token_mixing import group_major_order
+
+    rng = np.random.default_rng(1)
+    B, W, N, S, V = 2, 3, 16, 4, 3
+    tm = rng.standard_normal((W if per_window else 1, S, N, N)).astype(np.float32)
+    x = rng.standard_normal((B, W, N, V * S)).astype(np.float32)
+    order = group_major_order(V * S, S)
+    assert sorted(order) == list(range(V * S)) and order[1] == S  # (s v): group 0's channels 0, S, 2S.. first
+    got = group_mix(flow.tensor(tm), flow.tensor(x[..., order]), group_major=True).numpy()
+    np.testing.assert_allclose(got, _einsum_mix(tm, x, S)[..., order], rtol=1e-5, atol=1e-5)
+
+
+def test_block_group_major_path_equals_the_official_channel_order():
+    from oneflow_posmlp.models import PosMLPLayer, PoSGU
+
+    flow.manual_seed(0)
+    layer = PosMLPLayer(8, 4, PoSGU, gamma=2).train()
+    x = flow.randn(2, 3, 16, 8)
+    outs, grads = [], []
+    for group_major in (True, False):
+        layer.group_major = group_major
+        assert layer._group_major(x) == group_major
+        xg = x.clone().requires_grad_()
+        out = layer(xg)
+        out.sum().backward()
+        outs.append(out.numpy())
+        grads.append([xg.grad.numpy()] + [p.grad.numpy() for p in layer.parameters()])
+        layer.zero_grad()
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

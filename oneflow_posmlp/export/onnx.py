@@ -119,6 +119,7 @@ def prepare_for_export(model):
                 token_map = effective_token_map(pos, layer.shift_mask, gate).detach().clone()
                 unit.pos = frozen_cls(token_map, pos.token_proj_n_bias if pos.absolute_bias else None)
                 unit.pos_only = True
+                layer.group_major = False  # the official channel order: no weight gathers in the exported graph
         for module in list(m.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, flow.nn.LayerNorm):

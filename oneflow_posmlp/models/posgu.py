@@ -3,11 +3,12 @@
 Both take the hidden activations of a block, ``(B, W, N, D)`` (batch, windows, tokens per window,
 hidden channels), split them into ``u`` and ``v`` and return ``mix(u) * v``: ``(B, W, N, D / chunks)``.
 """
+import numpy as np
 import oneflow as flow
 import oneflow.nn as nn
 from flowvision.layers import trunc_normal_
 
-from .token_mixing import GQPE, LRPE, dense_mix
+from .token_mixing import GQPE, LRPE, dense_mix, group_major_order
 
 
 class PoSGU(nn.Module):
@@ -39,10 +40,21 @@ class PoSGU(nn.Module):
             self.token_proj_n_weight = nn.Parameter(flow.zeros(1, self.seq_len, self.seq_len))
             trunc_normal_(self.token_proj_n_weight, std=1e-6)
 
-    def forward(self, x, mask=None):
-        """x: ``(B, W, N, D)``; mask: ``(W, N, N)`` or None -> ``(B, W, N, D / chunks)``."""
+    def hidden_order(self, dim):
+        """int64 ``(dim,)``: the input channels in group-major order (each half ``(v s) -> (s v)``,
+        :func:`~.token_mixing.group_major_order`), for :meth:`forward` with ``group_major=True``."""
+        half = group_major_order(dim // self.chunks, self.pos.gamma)
+        return np.concatenate([half + i * (dim // self.chunks) for i in range(self.chunks)])
+
+    def forward(self, x, mask=None, group_major=False):
+        """x: ``(B, W, N, D)``; mask: ``(W, N, N)`` or None -> ``(B, W, N, D / chunks)``.
+
+        ``group_major``: the channels of each half of ``x``, and of the output, are in the order ``(s v)``
+        (``x[..., self.hidden_order(D)]``) instead of the official ``(v s)``; same values, permuted."""
         u, v = (x, x) if self.chunks == 1 else x.chunk(2, dim=-1)
         gate = None if self.pos_only else self.token_proj_n_weight
+        if group_major:
+            return self.pos(u, mask=mask, gate=gate, group_major=True) * v
         return self.pos(u, mask=mask, gate=gate) * v
 
 

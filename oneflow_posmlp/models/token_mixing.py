@@ -58,18 +58,30 @@ def relative_position_index(win_size: int) -> np.ndarray:
     return rel.sum(-1).astype(np.int64)
 
 
-def group_mix(token_map: flow.Tensor, x: flow.Tensor) -> flow.Tensor:
+def group_mix(token_map: flow.Tensor, x: flow.Tensor, group_major: bool = False) -> flow.Tensor:
     """Group-wise token mixing with batched matmuls.
 
     Args:
         token_map: ``(Wm, S, N, N)`` with ``Wm == 1`` (shared by all windows) or ``Wm == W``.
-        x: ``(B, W, N, C)`` with ``C = V * S``, channels split as ``(v s)``.
+        x: ``(B, W, N, C)`` with ``C = V * S``, channels split as ``(v s)`` (the official order), or as
+            ``(s v)`` when ``group_major`` (:func:`group_major_order`: the group's channels are contiguous, so
+            the permutes below move runs of ``V`` values, which OneFlow's CPU permute does 15-25x faster than
+            the single values of the ``(v s)`` order).
     Returns:
-        ``(B, W, N, C)``: ``out[b, w, m, (v s)] = sum_n token_map[w, s, m, n] * x[b, w, n, (v s)]``.
+        ``(B, W, N, C)`` in the channel order of ``x``:
+        ``out[b, w, m, (v s)] = sum_n token_map[w, s, m, n] * x[b, w, n, (v s)]``.
     """
     B, W, N, C = x.shape
     Wm, S = token_map.shape[0], token_map.shape[1]
     V = C // S
+    if group_major:
+        if Wm == 1:
+            xs = x.reshape(B * W, N, S, V).permute(2, 1, 0, 3).reshape(S, N, B * W * V)
+            out = flow.bmm(token_map[0], xs)  # (S, N, B*W*V)
+            return out.reshape(S, N, B * W, V).permute(2, 1, 0, 3).reshape(B, W, N, C)
+        xs = x.reshape(B, W, N, S, V).permute(1, 3, 2, 0, 4).reshape(W * S, N, B * V)
+        out = flow.bmm(token_map.reshape(W * S, N, N), xs)  # (W*S, N, B*V)
+        return out.reshape(W, S, N, B, V).permute(3, 0, 2, 1, 4).reshape(B, W, N, C)
     if Wm == 1:
         xs = x.reshape(B * W, N, V, S).permute(3, 1, 0, 2).reshape(S, N, B * W * V)
         out = flow.bmm(token_map[0], xs)  # (S, N, B*W*V)
@@ -77,6 +89,12 @@ def group_mix(token_map: flow.Tensor, x: flow.Tensor) -> flow.Tensor:
     xs = x.reshape(B, W, N, V, S).permute(1, 4, 2, 0, 3).reshape(W * S, N, B * V)
     out = flow.bmm(token_map.reshape(W * S, N, N), xs)  # (W*S, N, B*V)
     return out.reshape(W, S, N, B, V).permute(3, 0, 2, 4, 1).reshape(B, W, N, C)
+
+
+def group_major_order(channels: int, gamma: int) -> np.ndarray:
+    """int64 ``(channels,)``: position ``s*V + v`` of the group-major order ``(s v)`` takes channel ``v*S + s``
+    of the official ``(v s)`` order (``S = gamma``, ``V = channels / S``): ``x_gm = x[..., order]``."""
+    return np.arange(channels).reshape(channels // gamma, gamma).T.reshape(-1).astype(np.int64)
 
 
 def add_token_bias(x: flow.Tensor, bias: flow.Tensor) -> flow.Tensor:
@@ -112,16 +130,17 @@ class TokenMap(nn.Module):
     def token_map(self, mask=None):
         raise NotImplementedError
 
-    def forward(self, x, mask=None, gate=None):
+    def forward(self, x, mask=None, gate=None, group_major=False):
         """x: ``(B, W, N, C)``; mask: ``(W, N, N)`` additive (0 or :data:`MASK_NEG`) or None;
-        gate: ``(1, N, N)`` learned dense map added to the positional map (gated PoSGU) or None."""
+        gate: ``(1, N, N)`` learned dense map added to the positional map (gated PoSGU) or None;
+        group_major: channels of ``x`` (and of the output) in the ``(s v)`` order (see :func:`group_mix`)."""
         token_map = self.cached_token_map(mask) if self._can_cache(x) else self.token_map(mask)  # (Wm, S, N, N)
         if gate is not None:
             token_map = token_map + gate.unsqueeze(1)
         if mask is not None and (gate is not None or not self.uses_softmax):
             keep = (mask == 0).to(token_map.dtype).unsqueeze(1)  # (W, 1, N, N)
             token_map = token_map * keep
-        out = group_mix(token_map, x)
+        out = group_mix(token_map, x, group_major)
         if self.absolute_bias:
             out = add_token_bias(out, self.token_proj_n_bias)
         return out

@@ -1,4 +1,5 @@
-"""Convert official PyTorch checkpoints to OneFlow weights: ``posmlp-convert`` from a checkout (the tool is oneflow_posmlp/cli/convert.py).
+"""Convert official PyTorch checkpoints to OneFlow weights: ``posmlp-convert`` from a checkout
+(the tool is oneflow_posmlp/cli/convert.py).
 
     python tools/convert_torch_weights.py --help
 

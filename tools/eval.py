@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint on the validation set: ``posmlp-eval`` from a checkout (the tool is oneflow_posmlp/cli/eval.py).
+"""Evaluate a checkpoint on the validation set: ``posmlp-eval`` from a checkout
+(the tool is oneflow_posmlp/cli/eval.py).
 
     python tools/eval.py --help
 

@@ -2,14 +2,15 @@
 import pytest
 import yaml
 
-from oneflow_posmlp.config import DEFAULTS, ConfigError, dump_config, load_config
-from oneflow_posmlp.config.schema import CHOICES, LENGTHS, NULLABLE, RANGES
+from oneflow_posmlp.config import DEFAULTS, MODEL_DEFAULTS, ConfigError, dump_config, load_config
+from oneflow_posmlp.config.schema import CHOICES, LENGTHS, NULLABLE, PER_LEVEL, RANGES
 
 
 def test_every_constrained_key_exists_in_the_defaults():
     for table in (CHOICES, LENGTHS, NULLABLE, RANGES):
         for section, key in table:
-            assert key in DEFAULTS[section], (section, key)
+            assert key in (MODEL_DEFAULTS if section == "model" else DEFAULTS[section]), (section, key)
+    assert set(PER_LEVEL) <= set(MODEL_DEFAULTS)
 
 
 def test_defaults_satisfy_their_own_constraints():

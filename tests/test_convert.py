@@ -182,3 +182,22 @@ def test_cli_broken_input_is_a_short_error(tmp_path, kind, needle):
     assert needle in res.stderr and res.stderr.count("error: ") == 1  # one message (a mismatch lists its keys)
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_config_goes_through_the_config_loader(tmp_path):
+    """--config is loaded as for training (schema, --opts, ConfigError as one line), its model: section used."""
+    import yaml
+
+    model = json.loads((REFERENCE / "tiny_gqpe.json").read_text())["config"]["model"]
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({"model": dict(model, drop_path_rate=0.3)}))
+    res = run_tool("--src", REFERENCE / "tiny_gqpe.pth.tar", "--dst", tmp_path / "out", "--config", cfg,
+                   "--opts", "model.drop_path_rate=0.0", "--verify", REFERENCE / "tiny_gqpe.npz")
+    assert res.returncode == 0, res.stderr
+    assert f"architecture from --config {cfg}" in res.stdout
+    assert load_weights(tmp_path / "out")[1]["model"]["drop_path_rate"] == 0.0  # --opts applied
+    res = run_tool("--src", REFERENCE / "tiny_gqpe.pth.tar", "--dst", tmp_path / "bad", "--config", cfg,
+                   "--opts", "train.lrr=1")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.count("error: ") == 1
+    assert "error: unknown config key 'train.lrr'; did you mean 'train.lr'?" in res.stderr
+    assert not (tmp_path / "bad").exists()

@@ -1,6 +1,5 @@
-"""ONNX export (oneflow_posmlp/export/onnx.py, tools/export_onnx.py): onnxruntime runs the file and matches
-OneFlow's eval output within 1e-4. Skipped when the onnx extra (pip install -e .[onnx]) is not installed."""
-import importlib.util
+"""ONNX export (oneflow_posmlp/export/onnx.py, oneflow_posmlp/cli/export_onnx.py): onnxruntime runs the file and
+matches OneFlow's eval output within 1e-4. Skipped when the onnx extra (pip install -e .[onnx]) is not installed."""
 import json
 import os
 
@@ -75,9 +74,8 @@ def test_posmlp_t_exports(tmp_path):
 
 
 def test_export_tool_writes_a_checked_file(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("export_tool", os.path.join(ROOT, "tools", "export_onnx.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from oneflow_posmlp.cli import export_onnx as tool  # posmlp-export-onnx, tools/export_onnx.py
+
     out = str(tmp_path / "m.onnx")
     assert tool.main(["-c", os.path.join(ROOT, "configs", "demo.yaml"), "--out", out, "--features-only"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

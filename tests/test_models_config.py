@@ -6,7 +6,8 @@ import oneflow as flow
 import pytest
 
 from conftest import REFERENCE
-from oneflow_posmlp.models import ModelConfigError, build_model, create_model, list_models, resolve_model_config
+from oneflow_posmlp.config import ConfigError
+from oneflow_posmlp.models import build_model, create_model, list_models, resolve_model_config
 
 
 def _count(model):
@@ -73,15 +74,40 @@ def test_sgu_baseline_and_patch_merging_build_and_run(tiny_model_cfg):
     ({"embed_dims": [8, 12, 32, 64]}, "embed_dims[1] a multiple of embed_dims[0]"),
     ({"gamma": [3, 4, 8, 16]}, "gamma[0]=3 does not divide the 16 gated channels"),
     ({"depths": [1, 1, 1]}, "depths has 3 entries but num_levels is 4"),
-    ({"stem_norm": "GN"}, "stem_norm must be 'BN' or 'LN'"),
+    ({"stem_norm": "GN"}, "config key 'model.stem_norm' must be one of BN, LN, got 'GN'"),
     ({"chunks": 3}, "chunks must be 1 or 2"),
-    ({"embed_dim": [8, 16, 32, 64]}, "did you mean 'embed_dims'"),
-    ({"name": "posmlp_x"}, "unknown model name 'posmlp_x'"),
+    ({"gate_unit": "sgu", "chunks": 1}, "model.chunks must be >= 2 for the SGU baseline, got 1"),
+    ({"embed_dim": [8, 16, 32, 64]}, "unknown config key 'model.embed_dim'; did you mean 'model.embed_dims'?"),
+    ({"name": "posmlp_x"}, "unknown model name 'posmlp_x'; did you mean 'posmlp_t'?"),
+    # checked through the schema (config/schema.py), as every other section
+    ({"win_size": [0, 4, 4, 2]}, "config key 'model.win_size' must hold ints >= 1, got 0 at position 0"),
+    ({"depths": [1, 1.5, 1, 1]}, "config key 'model.depths' must hold ints, got 1.5 at position 1"),
+    ({"img_size": [64, 64, 3]}, "config key 'model.img_size' must be a list of 2 numbers, got [64, 64, 3]"),
+    ({"quadratic": "yes"}, "config key 'model.quadratic' must be bool (true/false) (like True), got 'yes' (str)"),
+    ({"num_levels": 0}, "config key 'model.num_levels' must be >= 1, got 0"),
+    ({"drop_path_rate": 1.0}, "config key 'model.drop_path_rate' must be >= 0.0 and < 1.0, got 1.0"),
+    ({"mlp_ratio": [4, 4, 0, 2]}, "config key 'model.mlp_ratio' must hold numbers > 0, got 0 at position 2"),
 ])
 def test_bad_config_is_a_clear_error_at_construction(tiny_model_cfg, overrides, needle):
-    with pytest.raises(ModelConfigError) as err:
+    with pytest.raises(ConfigError) as err:
         build_model(dict(tiny_model_cfg, **overrides))
     assert needle in str(err.value)
+
+
+def test_create_model_errors_are_config_errors_and_model_config_error_is_its_alias():
+    from oneflow_posmlp.models import ModelConfigError
+
+    assert ModelConfigError is ConfigError  # kept for code that catches the old name
+    with pytest.raises(ConfigError, match="unknown config key 'model.embed_dim'; did you mean 'model.embed_dims'"):
+        create_model("posmlp_t", embed_dim=[8, 16, 32, 64])
+
+
+def test_short_forms_expand_and_numbers_keep_their_type(tiny_model_cfg):
+    cfg = resolve_model_config(dict(tiny_model_cfg, img_size=64, gamma=2, mlp_ratio=1.5, drop_rate=0))
+    assert cfg["img_size"] == [64, 64] and cfg["gamma"] == [2, 2, 2, 2]
+    assert cfg["mlp_ratio"] == [1.5] * 4 and cfg["drop_rate"] == 0.0 and isinstance(cfg["drop_rate"], float)
+    assert resolve_model_config(cfg) == cfg  # a resolved config resolves to itself
+    assert resolve_model_config({"name": "posmlp_t"})["mlp_ratio"] == [4, 4, 4, 2]  # ints stay ints
 
 
 def test_wrong_input_shape_names_expected_shape(tiny_model_cfg):

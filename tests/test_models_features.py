@@ -8,7 +8,8 @@ from flowvision.models import ModelCreator
 
 from oneflow_posmlp.config.schema import DEFAULTS as CONFIG_DEFAULTS
 from oneflow_posmlp.data import create_eval_transform, resolve_data_config
-from oneflow_posmlp.models import ModelConfigError, build_model, create_model, list_models, resolve_model_config
+from oneflow_posmlp.config import ConfigError
+from oneflow_posmlp.models import build_model, create_model, list_models, resolve_model_config
 
 
 def demo_model_cfg():
@@ -111,7 +112,7 @@ def test_features_only_other_sizes_that_the_windows_tile():
 
 
 def test_features_only_argument_errors():
-    with pytest.raises(ModelConfigError, match=r"out_indices \[4\]: the model has 4 levels"):
+    with pytest.raises(ConfigError, match=r"out_indices \[4\]: the model has 4 levels"):
         create_model("posmlp_t", features_only=True, out_indices=[4])
     with pytest.raises(ValueError, match="no classifier"):
         create_model("posmlp_t", features_only=True).reset_classifier(3)

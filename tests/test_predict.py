@@ -1,5 +1,5 @@
-"""tools/predict.py and oneflow_posmlp/predict.py: top-k of image files/folders, class names, bad files."""
-import importlib.util
+"""posmlp-predict (oneflow_posmlp/cli/predict.py, tools/predict.py) and oneflow_posmlp/predict.py: top-k of image
+files/folders, class names, bad files."""
 import json
 import os
 import subprocess
@@ -9,21 +9,12 @@ import pytest
 
 from conftest import tiny_train_opts
 from oneflow_posmlp.checkpoint import load_weights
+from oneflow_posmlp.cli import predict as predict_tool
 from oneflow_posmlp.config import load_config
 from oneflow_posmlp.engine import Trainer
 from oneflow_posmlp.predict import class_names, collect_images, read_labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-predict_tool = _load_tool("predict")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ except ImportError:  # loaded from elsewhere (runpy, importlib): that Python run
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 import oneflow as flow
 
-from oneflow_posmlp.models import ModelConfigError, create_model, list_models
+from oneflow_posmlp.config import ConfigError
+from oneflow_posmlp.models import create_model, list_models
 
 
 def main(argv=None):
@@ -22,7 +23,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         model = create_model(args.model).eval()
-    except ModelConfigError as err:
+    except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
     params = sum(p.numel() for p in model.parameters())
     x = flow.randn(args.batch, 3, *model.img_size)

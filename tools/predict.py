@@ -1,63 +1,17 @@
-"""Predict the top-k classes of images (files or folders) with a trained or converted PosMLP.
+"""Predict the top-k classes of images: ``posmlp-predict`` from a checkout (the tool is oneflow_posmlp/cli/predict.py).
 
-    python tools/predict.py -c configs/demo.yaml --weights output/demo/best data/demo_shapes/val [--json]
+    python tools/predict.py --help
+
+Started with a Python that lacks OneFlow (the system ``python3``), it re-runs under the checkout's
+``.venv/bin/python`` (tools/_python.py).
 """
-import json
 import sys
 
 try:  # first: re-run under .venv/bin/python when this Python lacks OneFlow (tools/_python.py)
     import _python  # noqa: F401
 except ImportError:  # loaded from elsewhere (runpy, importlib): that Python runs the package already
     pass
-import oneflow_posmlp  # noqa: F401  (before oneflow)
-from oneflow_posmlp.cli import config_parser, run
-
-
-def main(argv=None):
-    p = config_parser(__doc__.splitlines()[0])
-    p.add_argument("--weights", required=True, help="converted weights (.safetensors) or a training checkpoint directory")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
-    p.add_argument("--labels", help="class names: a text file with one name per line, or a JSON list "
-                                     "(default: the classes stored with the weights)")
-    p.add_argument("--topk", type=int, default=5, help="classes reported per image (default 5)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    args = p.parse_args(argv)
-    if args.topk < 1 or args.batch_size < 1:
-        p.error("--topk and --batch-size must be at least 1")
-
-    def go():
-        from oneflow_posmlp.checkpoint import load_weights
-        from oneflow_posmlp.checkpoint.convert import load_into_model
-        from oneflow_posmlp.config import load_config
-        from oneflow_posmlp.data import create_eval_transform, resolve_data_config
-        from oneflow_posmlp.models import build_model
-        from oneflow_posmlp.predict import check_names, class_names, collect_images, format_table, predict
-
-        cfg = load_config(args.config, list(args.opts))
-        files, errors = collect_images(args.paths)
-        model = build_model(cfg["model"])
-        weights, meta = load_weights(args.weights, ema=args.ema)  # nothing in the file runs
-        load_into_model(model, weights)
-        names = check_names(class_names(meta, args.labels), model.num_classes)
-        transform = create_eval_transform(resolve_data_config(model.default_cfg, cfg["aug"]))
-        results = [{"path": path, "error": reason} for path, reason in errors]
-        results += list(predict(model, transform, files, names, topk=args.topk, batch_size=args.batch_size))
-        failed = [r for r in results if "error" in r]
-        if args.json:
-            print(json.dumps({"predictions": [r for r in results if "error" not in r], "errors": failed}, indent=1))
-        else:
-            print(format_table(results))
-        for r in failed:
-            print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
-        if len(failed) == len(results):
-            print("error: no image could be read; pass image files or folders holding images", file=sys.stderr)
-            return 2
-        return 0
-
-    return run(go, verbose=args.verbose)
-
+from oneflow_posmlp.cli.predict import main  # noqa: E402  (imports oneflow_posmlp before oneflow)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,9 @@
-"""Train PosMLP.
+"""Train PosMLP: ``posmlp-train`` from a checkout (the tool is oneflow_posmlp/cli/train.py).
 
-    python tools/train.py -c configs/posmlp_t.yaml [--opts key=value ...] [--resume auto|DIR] [--init WEIGHTS]
-    python -m oneflow.distributed.launch --nproc_per_node 8 tools/train.py -c configs/posmlp_b.yaml
+    python tools/train.py --help
+
+Started with a Python that lacks OneFlow (the system ``python3``), it re-runs under the checkout's
+``.venv/bin/python`` (tools/_python.py).
 """
 import sys
 
@@ -9,28 +11,7 @@ try:  # first: re-run under .venv/bin/python when this Python lacks OneFlow (too
     import _python  # noqa: F401
 except ImportError:  # loaded from elsewhere (runpy, importlib): that Python runs the package already
     pass
-import oneflow_posmlp  # noqa: F401  (before oneflow)
-from oneflow_posmlp.cli import config_parser, run
-
-
-def main(argv=None):
-    p = config_parser(__doc__.splitlines()[0])
-    p.add_argument("--output", help="output directory (default: output.dir of the config)")
-    p.add_argument("--resume", help="training checkpoint to continue from, or 'auto' for OUTPUT/last if present")
-    p.add_argument("--init", help="converted weights to start from (a .safetensors file of "
-                                  "tools/convert_torch_weights.py; OneFlow directories are read safely too)")
-    args = p.parse_args(argv)
-
-    def go():
-        from oneflow_posmlp.config import load_config
-        from oneflow_posmlp.engine import Trainer
-
-        cfg = load_config(args.config, args.opts)
-        Trainer(cfg, output_dir=args.output, resume=args.resume, init=args.init).fit()
-        return 0
-
-    return run(go, verbose=args.verbose)
-
+from oneflow_posmlp.cli.train import main  # noqa: E402  (imports oneflow_posmlp before oneflow)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,10 @@
-"""Training configs: YAML over schema defaults, ``--opts`` dotted overrides, validation."""
-from .loader import ConfigError, apply_opts, dump_config, load_config, parse_opts, scaled_lr
-from .schema import DEFAULTS
+"""Configs: one schema (``schema.py``, the ``model:`` section included), one validator and error type
+(``validate.py``: :class:`ConfigError`), the registry of named models (``model.py``), and the loader (``loader.py``:
+YAML over the schema defaults, ``--opts`` dotted overrides)."""
+from .loader import apply_opts, dump_config, load_config, parse_opts, scaled_lr
+from .model import REGISTRY, list_models, resolve_model_config
+from .schema import DEFAULTS, MODEL_DEFAULTS
+from .validate import ConfigError
 
-__all__ = ["ConfigError", "apply_opts", "dump_config", "load_config", "parse_opts", "scaled_lr", "DEFAULTS"]
+__all__ = ["ConfigError", "apply_opts", "dump_config", "load_config", "parse_opts", "scaled_lr", "DEFAULTS",
+           "MODEL_DEFAULTS", "REGISTRY", "list_models", "resolve_model_config"]

@@ -1,43 +1,33 @@
 """Load a YAML config over the schema defaults, apply ``--opts key.sub=value`` overrides, validate.
 
 A config is a nested plain dict: ``{model, data, aug, train, output, dist, log}`` (see schema.py and
-docs/configuration.md). Every error is a :class:`ConfigError` naming the key, the value and the fix.
+docs/configuration.md); every key is checked by ``validate.py``, the model section by ``model.py``. Every error
+is a :class:`ConfigError` naming the key, the value and the fix.
 """
 import copy
-import difflib
 
 import yaml
 
-from .schema import CHOICE_NOTES, CHOICES, DEFAULTS, LENGTHS, NULLABLE, RANGES
-
-
-class ConfigError(ValueError):
-    """An invalid config; the message names the key and how to fix it."""
-
-
-def _nearest(key, choices, prefix=""):
-    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.5)
-    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
+from .model import resolve_model_config
+from .schema import DEFAULTS, MODEL_DEFAULTS
+from .validate import ConfigError, check_known, check_value
 
 
 def _merge(base, override, where):
     """Merge ``override`` into ``base`` (in place), checking every key against ``base`` and every value's type."""
     for key, value in override.items():
         path = f"{where}.{key}" if where else str(key)
-        if key not in base:
-            prefix = f"{where}." if where else ""
-            raise ConfigError(f"unknown config key '{path}'{_nearest(str(key), base, prefix)} (valid keys in "
-                              f"{where or 'the top level'}: {', '.join(base)})")
+        check_known(key, base, where)
         if where == "" and key == "model":
             if not isinstance(value, dict):
                 raise ConfigError(f"config key 'model' must be a mapping of model keys, got {value!r}")
-            base[key] = dict(value)  # a model section replaces the default one; validated by the model
+            base[key] = dict(value)  # a model section replaces the default one; resolved by _finish
         elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{path}' must be a mapping of keys, got {value!r}")
             _merge(base[key], value, path)
         else:
-            base[key] = _check_value(path, _schema_default(path), value)
+            base[key] = check_value(path, _schema_default(path), value)
 
 
 def _schema_default(path):
@@ -46,67 +36,6 @@ def _schema_default(path):
     for part in path.split("."):
         node = node[part]
     return node
-
-
-def _type_name(default):
-    return {bool: "bool (true/false)", int: "int", float: "float", str: "str", list: "list"}.get(
-        type(default), type(default).__name__)
-
-
-def _check_value(path, default, value):
-    """``value`` converted to the default's type (int -> float, tuple -> list) or a ConfigError."""
-    section, _, key = path.partition(".")
-    where = (section, key)
-    if default is None:
-        want = NULLABLE.get(where)
-        if value is None or want is None or isinstance(value, want):
-            return value
-        raise ConfigError(f"config key '{path}' must be {want.__name__} or null, got {value!r} "
-                          f"({type(value).__name__})")
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, list):
-        ok = isinstance(value, (list, tuple))
-        value = list(value) if ok else value
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise ConfigError(f"config key '{path}' must be {_type_name(default)} (like {default!r}), got {value!r} "
-                          f"({type(value).__name__})")
-    _check_constraints(path, where, value)
-    return value
-
-
-def _check_constraints(path, where, value):
-    choices = CHOICES.get(where)
-    if choices and value not in choices:
-        note = f" ({CHOICE_NOTES[where]})" if where in CHOICE_NOTES else ""
-        raise ConfigError(f"config key '{path}' must be one of {', '.join(map(str, choices))}, got {value!r}{note}")
-    bounds = RANGES.get(where)
-    if bounds:
-        if bounds[0] == "open":
-            lo, hi = bounds[1:]
-            ok, text = lo < value < hi, f"> {lo}" + (f" and <= {hi:.4g}" if hi != float("inf") else "")
-        else:
-            lo, hi = bounds
-            ok, text = lo <= value <= hi, f">= {lo}" + (f" and <= {hi}" if hi != float("inf") else "")
-        if not ok:
-            raise ConfigError(f"config key '{path}' must be {text}, got {value!r}")
-    spec = LENGTHS.get(where)
-    if spec:
-        n, kind = spec
-        if n is not None and len(value) != n:
-            raise ConfigError(f"config key '{path}' must be a list of {n} numbers, got {value!r}")
-        for i, v in enumerate(value):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
-                raise ConfigError(f"config key '{path}' must hold {kind.__name__}s, got {v!r} at position {i}")
-        if kind is float:
-            value[:] = [float(v) for v in value]
 
 
 def parse_opts(opts):
@@ -151,8 +80,6 @@ def apply_opts(cfg, opts):
 
 
 def _is_resolved(model):
-    from ..models.config import DEFAULTS as MODEL_DEFAULTS
-
     return all(k in model for k in MODEL_DEFAULTS)
 
 
@@ -181,12 +108,7 @@ def load_config(path=None, opts=None):
 
 def _finish(cfg):
     """Cross-key checks and the model section resolved to the complete model kwargs."""
-    from ..models import ModelConfigError, resolve_model_config
-
-    try:
-        cfg["model"] = resolve_model_config(cfg["model"])
-    except ModelConfigError as err:
-        raise ConfigError(str(err)) from None
+    cfg["model"] = resolve_model_config(cfg["model"])
     t = cfg["train"]
     if t["batch_size"] % t["grad_accum_steps"]:
         raise ConfigError(f"train.batch_size {t['batch_size']} is not divisible by train.grad_accum_steps "

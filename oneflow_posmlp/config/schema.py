@@ -1,15 +1,44 @@
-"""The training config schema: every section and key with its default. A key's type is its default's type
+"""The config schema: every section and key with its default. A key's type is its default's type
 (an int default also accepts no float, a float default accepts ints, a list default needs a list); keys
 whose default is ``None`` accept ``None`` or the type in ``NULLABLE``. ``CHOICES``, ``RANGES`` and
-``LENGTHS`` restrict values further. docs/configuration.md describes every key.
+``LENGTHS`` restrict values further (``validate.py`` applies them). docs/configuration.md describes every key.
 
-``model:`` is not listed here: it is validated (and completed) by
-:func:`oneflow_posmlp.models.resolve_model_config`; its keys mirror the official PosMLP keyword arguments.
-The defaults are the official PosMLP-T ImageNet recipe (Zhicaiwww/PosMLP config/PosMLP_T.yaml), except
+The ``model:`` section's keys are :data:`MODEL_DEFAULTS` (the official PosMLP keyword arguments); a config's
+``model:`` names a registry entry (``model.py``: ``name``) whose values the other keys override, and loads as
+the complete keyword set (:func:`oneflow_posmlp.config.model.resolve_model_config`).
+The training defaults are the official PosMLP-T ImageNet recipe (Zhicaiwww/PosMLP config/PosMLP_T.yaml), except
 ``train.schedule_unit``, which defaults to ``update`` (the port's original per-update schedule, kept by the demo
 config); the official configs set ``epoch``, the official per-epoch schedule.
 """
 import math
+
+# The model section: the official PosMLP(...) keyword arguments, PosMLP-T's values (docs/model.md).
+MODEL_DEFAULTS = dict(
+    img_size=[224, 224],     # [height, width]; an int means a square
+    in_chans=3,
+    embed_dims=[96, 192, 384, 768],  # per level (PER_LEVEL: a single number is repeated for every level)
+    depths=[2, 2, 18, 2],
+    win_size=[14, 14, 14, 7],
+    gamma=[8, 16, 32, 64],   # PoSGU channel groups
+    mlp_ratio=[4, 4, 4, 2],
+    num_levels=4,
+    num_classes=1000,        # 0: no classifier (features)
+    quadratic=True,          # GQPE (true) or LRPE (false)
+    pos_only=True,
+    generalized=True,
+    symmetric=True,
+    absolute_bias=True,
+    stem_norm="BN",
+    downsample_norm="LN",
+    shift=False,             # shifted windows
+    chunks=2,                # gated-unit split: 1 or 2 for PoSGU, >= 2 for the SGU baseline
+    drop_rate=0.0,
+    drop_path_rate=0.1,
+    gate_unit="posgu",
+    pool_layer="conv",
+)
+
+PER_LEVEL = ("embed_dims", "depths", "win_size", "gamma", "mlp_ratio")
 
 DEFAULTS = {
     "model": {"name": "posmlp_t"},
@@ -111,6 +140,10 @@ CHOICES = {
     ("aug", "interpolation"): ("bilinear", "bicubic", "nearest"),
     ("dist", "device"): ("cpu", "cuda"),
     ("dist", "zero_stage"): (0, 1, 2, 3),
+    ("model", "stem_norm"): ("BN", "LN"),
+    ("model", "downsample_norm"): ("BN", "LN"),
+    ("model", "gate_unit"): ("posgu", "sgu"),
+    ("model", "pool_layer"): ("conv", "merging"),
 }
 
 # Why a choice is limited, appended to the error.
@@ -120,7 +153,7 @@ CHOICE_NOTES = {
 }
 
 _INF = math.inf
-# Inclusive bounds (lo, hi); a tuple ("open", lo, hi) excludes both ends.
+# Inclusive bounds (lo, hi); (lo, hi, "(]") excludes lo, "[)" excludes hi, "open" both.
 RANGES = {
     ("data", "demo_train_per_class"): (1, _INF),
     ("data", "demo_val_per_class"): (1, _INF),
@@ -129,7 +162,7 @@ RANGES = {
     ("data", "num_workers"): (0, _INF),
     ("data", "limit_train_batches"): (0, _INF),
     ("aug", "color_jitter"): (0.0, _INF),
-    ("aug", "crop_pct"): ("open", 0.0, 1.0 + 1e-12),
+    ("aug", "crop_pct"): (0.0, 1.0, "(]"),
     ("aug", "hflip"): (0.0, 1.0),
     ("aug", "vflip"): (0.0, 1.0),
     ("aug", "reprob"): (0.0, 1.0),
@@ -141,12 +174,12 @@ RANGES = {
     ("aug", "smoothing"): (0.0, 0.999),
     ("train", "epochs"): (1, _INF),
     ("train", "batch_size"): (1, _INF),
-    ("train", "lr"): ("open", 0.0, _INF),
+    ("train", "lr"): (0.0, _INF, "open"),
     ("train", "lr_base_batch"): (1, _INF),
     ("train", "min_lr"): (0.0, _INF),
     ("train", "warmup_epochs"): (0, _INF),
     ("train", "warmup_lr"): (0.0, _INF),
-    ("train", "opt_eps"): ("open", 0.0, _INF),
+    ("train", "opt_eps"): (0.0, _INF, "open"),
     ("train", "weight_decay"): (0.0, _INF),
     ("train", "clip_grad"): (0.0, _INF),
     ("train", "grad_accum_steps"): (1, _INF),
@@ -157,9 +190,16 @@ RANGES = {
     ("dist", "data_parallel"): (0, _INF),
     ("dist", "tensor_parallel"): (1, _INF),
     ("dist", "pipeline_parallel"): (1, _INF),
+    ("model", "in_chans"): (1, _INF),
+    ("model", "num_levels"): (1, _INF),
+    ("model", "num_classes"): (0, _INF),
+    ("model", "chunks"): (1, _INF),
+    ("model", "drop_rate"): (0.0, 1.0, "[)"),
+    ("model", "drop_path_rate"): (0.0, 1.0, "[)"),
 }
 
-# Lists of a fixed length and element type.
+# Lists: (length or None for any, element type, optional element bounds as in RANGES); (int, float) takes
+# numbers as given.
 LENGTHS = {
     ("aug", "scale"): (2, float),
     ("aug", "ratio"): (2, float),
@@ -167,4 +207,10 @@ LENGTHS = {
     ("aug", "std"): (3, float),
     ("train", "opt_betas"): (2, float),
     ("dist", "activation_checkpointing"): (None, int),
+    ("model", "img_size"): (2, int, (1, _INF)),
+    ("model", "embed_dims"): (None, int, (1, _INF)),   # per-level lengths: model.check_model_geometry
+    ("model", "depths"): (None, int, (0, _INF)),
+    ("model", "win_size"): (None, int, (1, _INF)),
+    ("model", "gamma"): (None, int, (1, _INF)),
+    ("model", "mlp_ratio"): (None, (int, float), (0, _INF, "open")),
 }

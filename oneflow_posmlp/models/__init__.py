@@ -1,4 +1,7 @@
-"""PosMLP models: ``create_model(name)``, ``build_model(model_cfg)``, the PoSGU family of gating units."""
+"""PosMLP models: ``create_model(name)``, ``build_model(model_cfg)``, the PoSGU family of gating units.
+
+A bad model configuration is a :class:`oneflow_posmlp.config.ConfigError` (``ModelConfigError`` is a deprecated
+alias of it)."""
 from .config import DEFAULTS, REGISTRY, ModelConfigError, list_models, resolve_model_config
 from .layers import PosMLPLayer, PosMLPLevel
 from .patch_embed import ConvPatchEmbed, ConvPatchMerging, PatchMerging

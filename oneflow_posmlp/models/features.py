@@ -1,5 +1,5 @@
 """Multi-scale features in timm's convention: which levels a ``features_only`` model returns, and ``FeatureInfo``."""
-from .config import ModelConfigError
+from ..config.validate import ConfigError
 
 
 class FeatureInfo(list):
@@ -21,12 +21,12 @@ def level_info(embed_dims):
 
 
 def resolve_out_indices(out_indices, num_levels):
-    """Sorted, non-negative level indices; negative ones count from the last level (timm). ModelConfigError if out of range."""
+    """Sorted, non-negative level indices; negative ones count from the last level (timm). ConfigError if out of range."""
     if out_indices is None:
         return tuple(range(num_levels))
     idx = [int(i) for i in (out_indices if isinstance(out_indices, (list, tuple)) else [out_indices])]
     bad = [i for i in idx if not -num_levels <= i < num_levels]
     if bad or not idx:
-        raise ModelConfigError(f"out_indices {list(idx)}: the model has {num_levels} levels; give indices in "
-                         f"0..{num_levels - 1} (or negative from the last)")
+        raise ConfigError(f"out_indices {list(idx)}: the model has {num_levels} levels; give indices in "
+                          f"0..{num_levels - 1} (or negative from the last)")
     return tuple(sorted({i % num_levels for i in idx}))

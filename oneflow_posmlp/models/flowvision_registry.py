@@ -21,7 +21,7 @@ def _entrypoint(name):
 
     entry.__name__ = entry.__qualname__ = name
     entry.__module__ = __name__
-    entry.__doc__ = f"PosMLP ``{name}`` (oneflow_posmlp.models.config.REGISTRY['{name}'])."
+    entry.__doc__ = f"PosMLP ``{name}`` (oneflow_posmlp.config.model.REGISTRY['{name}'])."
     return entry
 
 

@@ -5,8 +5,6 @@ import oneflow.nn as nn
 from .cpu import on_cpu
 from .norm import LayerNorm
 
-NORMS = ("BN", "LN")
-
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` whose bias, on CPU, is added as ``y + bias.reshape(1, C, 1, 1)`` after a bias-free

@@ -1,12 +1,16 @@
-"""Shared command-line plumbing of the tools: config loading, ``--verbose`` and clean errors."""
+"""The command-line tools: one module per tool holding ``main(argv=None)`` (``train``, ``eval``, ``convert``,
+``predict``, ``export_onnx``), installed as the console scripts ``posmlp-train``, ``posmlp-eval``, ... (setup.cfg)
+and run by the thin ``tools/*.py``; and their shared plumbing here: config loading, ``--verbose`` and clean errors.
+"""
 import argparse
 import sys
 
-from . import _env
+from .. import _env
 
 
-def config_parser(description):
-    p = argparse.ArgumentParser(description=description)
+def config_parser(description, **kwargs):
+    """An argument parser with ``-c/--config``, ``--opts`` and ``--verbose`` (``kwargs``: ArgumentParser's)."""
+    p = argparse.ArgumentParser(description=description, **kwargs)
     p.add_argument("-c", "--config", required=True, help="YAML config (configs/*.yaml)")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                    help="dotted overrides, e.g. train.lr=1e-3 model.num_classes=10")
@@ -27,16 +31,14 @@ def run(main, verbose=False):
     if verbose:
         _env.set_verbose()
     _env.import_oneflow_quietly()
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .export.onnx import ExportError
-    from .models import ModelConfigError
-    from .parallel import LayoutError
+    from ..checkpoint import CheckpointError
+    from ..config import ConfigError
+    from ..data import DataError
+    from ..export.onnx import ExportError
+    from ..parallel import LayoutError
 
     try:
         return main()
-    except (ConfigError, DataError, CheckpointError, ModelConfigError, LayoutError, ExportError,
-            FileExistsError) as err:
+    except (ConfigError, DataError, CheckpointError, LayoutError, ExportError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

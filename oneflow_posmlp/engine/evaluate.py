@@ -16,6 +16,21 @@ from .metrics import EvalMeter
 from .state import rng_preserved
 
 
+def eval_forward(model, ctx, graph=False, amp=False):
+    """The ``forward`` :func:`evaluate` runs for ``model``: an :class:`~oneflow_posmlp.engine.graph.EvalGraph`
+    sharing its modules (``graph``, as ``train.graph: true`` evaluates), else None (eager)."""
+    return EvalGraph(model, amp=amp, ctx=ctx) if graph else None
+
+
+def eval_logits(model, x, ctx, forward=None, amp=False):
+    """The logits of one evaluation batch ``x`` (already placed by ``ctx``), as :func:`evaluate` computes them:
+    ``forward(x)``, or ``model(x)`` under autocast when ``amp`` (CUDA). Call it in eval mode without gradients."""
+    if forward is not None:
+        return forward(x)
+    with autocast(amp, ctx.device):
+        return model(x)
+
+
 def evaluate(model, loader, ctx, forward=None, amp=False):
     """``{loss, top1, top5, count}`` of ``model`` over ``loader`` (batches ``(x, y, valid)``, ``valid = 0`` on
     padding, as :func:`~oneflow_posmlp.data.build_val_loader` yields them).
@@ -32,11 +47,7 @@ def evaluate(model, loader, ctx, forward=None, amp=False):
     with flow.no_grad():
         for x, y, valid in batches:
             x, y, valid = ctx.to_global_batch(x, y, valid)
-            if forward is not None:
-                logits = forward(x)
-            else:
-                with autocast(amp, ctx.device):
-                    logits = model(x)
+            logits = eval_logits(model, x, ctx, forward, amp)
             logits, y, valid = (ctx.replicate(t) for t in (logits.to(flow.float32), y, valid))
             meter.update(logits, y, valid, loss_fn)
     model.train(was_training)
@@ -54,5 +65,5 @@ def evaluate_weights(cfg, weights):
     load_into_model(model, weights)
     ctx.apply(model)
     amp = cfg["train"]["amp"] and ctx.device == "cuda"
-    forward = EvalGraph(model, amp=amp, ctx=ctx) if cfg["train"]["graph"] else None
+    forward = eval_forward(model, ctx, graph=cfg["train"]["graph"], amp=amp)
     return evaluate(model, loader, ctx, forward=forward, amp=amp), ctx

@@ -13,16 +13,22 @@
 :class:`EagerStep` runs forward and backward per micro-batch and clips and steps eagerly;
 :class:`GraphStep` collects an update's micro-batches and runs them in one :class:`TrainGraph` call (lr schedule
 and clipping inside the graph). The lr schedule and the EMA are the trainer's, alike for both.
+
+:func:`build_training` builds the optimizer, the lr schedule and the step object of a config's ``train:``
+section: the trainer and the benchmark (``oneflow_posmlp.bench``) both call it, so they run the same step.
 """
 from collections import namedtuple
 
 import oneflow as flow
 
-from ..models.drop import drop_path_modules, set_drop_path_keep
-from .graph import EvalGraph, TrainGraph, graph_optimizer_state, load_graph_optimizer_state
+from ..config import ConfigError, scaled_lr
+from ..models.drop import drop_path_keep, drop_path_modules, set_drop_path_keep
+from .evaluate import eval_forward
+from .graph import TrainGraph, graph_optimizer_state, load_graph_optimizer_state
 from .loss_scaler import DynamicLossScaler, autocast
-from .optim import clip_gradients
-from .randomness import seed_oneflow
+from .optim import build_optimizer, clip_gradients
+from .randomness import drop_path_seed, seed_oneflow
+from .schedule import build_scheduler, resolve_scheduler_kind
 
 StepResult = namedtuple("StepResult", "loss loss_sum micro_batches grad_norm")
 StepResult.__doc__ = """One update: ``loss`` the mean over its micro-batches (logged), ``loss_sum`` their sum,
@@ -118,7 +124,7 @@ class GraphStep:
 
     def eval_forward(self, model):
         if id(model) not in self._eval_graphs:
-            self._eval_graphs[id(model)] = EvalGraph(model, amp=self.amp, ctx=self.ctx)
+            self._eval_graphs[id(model)] = eval_forward(model, self.ctx, graph=True, amp=self.amp)
         return self._eval_graphs[id(model)]
 
     def state_dict(self):
@@ -142,3 +148,53 @@ def build_step(model, criterion, optimizer, scheduler, ctx, train_cfg, dist_cfg,
                          zero_stage=dist_cfg["zero_stage"], checkpoint_levels=dist_cfg["activation_checkpointing"])
     return EagerStep(model, criterion, optimizer, ctx, accum=t["grad_accum_steps"], clip_grad=t["clip_grad"],
                      clip_scope=clip_scope, amp=amp)
+
+
+Training = namedtuple("Training", "step optimizer scheduler lr amp clip_scope")
+Training.__doc__ = """What :func:`build_training` builds: the step object, the AdamW optimizer, the lr schedule
+(``step_update(updates)`` after every update), the scaled peak ``lr``, whether AMP runs (``train.amp`` on CUDA)
+and the clipping scope (``global`` / ``group``)."""
+
+
+def check_graph_options(train_cfg, dist_cfg):
+    """The clipping scope (``global``/``group``) of the ``train:`` section; ConfigError where a graph cannot."""
+    t, dist = train_cfg, dist_cfg
+    if not t["graph"] and (dist["zero_stage"] or dist["activation_checkpointing"]):
+        raise ConfigError("dist.zero_stage and dist.activation_checkpointing are nn.Graph options; set "
+                          "train.graph=true, or leave them at 0 and []")
+    if dist["zero_stage"] and dist["device"] == "cpu":
+        raise ConfigError("dist.zero_stage > 0 on CPU: OneFlow 0.9.0 aborts such a graph (register.cpp:75 Check "
+                          "failed: separated_header_mem_ptr() == nullptr); ZeRO is for CUDA runs, use "
+                          "dist.zero_stage=0 on CPU")
+    scope = t["clip_scope"] if t["clip_scope"] != "auto" else ("group" if t["graph"] else "global")
+    if t["graph"] and resolve_scheduler_kind(t) == "timm":
+        raise ConfigError("train.scheduler=timm with train.graph=true: a graph runs only OneFlow's schedulers; use "
+                          "train.scheduler=oneflow (or auto), train.schedule_unit=epoch, or train.graph=false")
+    return scope
+
+
+def build_training(cfg, model, criterion, ctx, updates_per_epoch):
+    """The optimizer (AdamW over the parameter groups, ``engine/optim.py``), the lr schedule and the step object
+    (eager or graph, ``train.graph``) of ``cfg['train']`` for ``model``, already placed by ``ctx``
+    (:meth:`~oneflow_posmlp.parallel.ParallelContext.apply`). ``updates_per_epoch`` shapes the schedule.
+    Returns a :class:`Training`; raises ConfigError for graph options a run cannot take."""
+    t = cfg["train"]
+    clip_scope = check_graph_options(t, cfg["dist"])
+    lr = scaled_lr(cfg)
+    optimizer = build_optimizer(model, t, lr, graph=t["graph"], clip_scope=clip_scope)
+    scheduler = build_scheduler(optimizer, t, lr, updates_per_epoch)
+    amp = t["amp"] and ctx.device == "cuda"
+    step = build_step(model, criterion, optimizer, scheduler, ctx, t, cfg["dist"], amp, clip_scope)
+    return Training(step, optimizer, scheduler, lr, amp, clip_scope)
+
+
+def micro_batch_keep(drop_paths, local_batch, ctx, seed_step):
+    """This rank's rows of a micro-batch's drop-path keep masks, ``(local_batch, len(drop_paths))`` (a tensor),
+    or None without drop path: drawn for the whole global batch from ``seed_step`` ``(seed, update, micro)``
+    (``models/drop.py``), so every layout gets the masks of one process."""
+    if not drop_paths:
+        return None
+    d = ctx.data_rank
+    keep = drop_path_keep([m.drop_prob for m in drop_paths], local_batch * ctx.data_parallel,
+                          drop_path_seed(*seed_step), rows=slice(d * local_batch, (d + 1) * local_batch))
+    return flow.tensor(keep)

@@ -16,18 +16,17 @@ import oneflow as flow
 from ..checkpoint import CheckpointError
 from ..checkpoint.convert import load_into_model
 from ..checkpoint.weights import load_weights
-from ..config import ConfigError, dump_config, scaled_lr
+from ..config import dump_config
 from ..data import build_datasets, build_mixup, build_train_criterion, build_train_loader, build_val_loader
 from ..models import build_model
-from ..models.drop import drop_path_keep, drop_path_modules
+from ..models.drop import drop_path_modules
 from ..parallel import ParallelContext
 from .evaluate import evaluate
 from .logger import CsvLog, TensorBoardWriter, setup_logging
-from .optim import build_ema, build_optimizer
-from .randomness import drop_path_seed, numpy_seeded
-from .schedule import build_scheduler, resolve_scheduler_kind
+from .optim import build_ema
+from .randomness import numpy_seeded
 from .state import load_training_state, rng_preserved, rng_state, save_training_state, set_rng_state
-from .step import build_step
+from .step import build_training, check_graph_options, micro_batch_keep
 
 
 class Trainer:
@@ -42,7 +41,7 @@ class Trainer:
         self.cfg = cfg
         t = cfg["train"]
         self.ctx = ParallelContext(cfg["dist"])
-        self.clip_scope = _check_graph_options(t, cfg["dist"])
+        check_graph_options(t, cfg["dist"])  # before any data is read
         self.out = output_dir or cfg["output"]["dir"]
         # checkpoints are read (safely, see checkpoint.oneflow_reader) before anything is written
         init_arrays = load_weights(init)[0] if init else None
@@ -73,16 +72,14 @@ class Trainer:
 
         self.accum = t["grad_accum_steps"]
         self.updates_per_epoch = max(self._batches_per_epoch() // self.accum, 1)
-        self.lr = scaled_lr(cfg)
-        self.optimizer = build_optimizer(self.model, t, self.lr, graph=t["graph"], clip_scope=self.clip_scope)
-        self.scheduler = build_scheduler(self.optimizer, t, self.lr, self.updates_per_epoch)
-        self.amp = t["amp"] and self.ctx.device == "cuda"
+        # optimizer, lr schedule and the step object (eager or nn.Graph: the one place the execution mode
+        # matters, engine/step.py), built as the benchmark builds them
+        training = build_training(cfg, self.model, self.criterion, self.ctx, self.updates_per_epoch)
+        self.step, self.optimizer, self.scheduler = training.step, training.optimizer, training.scheduler
+        self.lr, self.amp, self.clip_scope = training.lr, training.amp, training.clip_scope
         if t["amp"] and not self.amp:
             self.log.warning("train.amp: true is ignored: AMP (autocast, loss scaling) is CUDA-only and this run is on "
                              f"{self.ctx.device}; training runs in float32")
-        # eager or nn.Graph: the one place the execution mode matters (engine/step.py)
-        self.step = build_step(self.model, self.criterion, self.optimizer, self.scheduler, self.ctx, t, cfg["dist"],
-                               self.amp, self.clip_scope)
 
         self.epoch = self.batch_in_epoch = self.updates = 0
         self.loss_sum = self.loss_count = 0.0
@@ -243,12 +240,7 @@ class Trainer:
 
     def _drop_path_keep(self, local_batch, step):
         """This rank's rows of the micro-batch's drop-path keep masks, ``(local_batch, blocks)``, or None."""
-        if not self.drop_paths:
-            return None
-        d = self.ctx.data_rank
-        keep = drop_path_keep([m.drop_prob for m in self.drop_paths], local_batch * self.ctx.data_parallel,
-                              drop_path_seed(*step), rows=slice(d * local_batch, (d + 1) * local_batch))
-        return flow.tensor(keep)
+        return micro_batch_keep(self.drop_paths, local_batch, self.ctx, step)
 
     def _after_update(self):
         """After every optimizer step, in both modes: the update count, the lr schedule, the EMA."""
@@ -294,22 +286,6 @@ class Trainer:
                     self.tb.add_scalar(tag, row[key], self.epoch)
             self.tb.flush()
         return row
-
-
-def _check_graph_options(t, dist):
-    """The clipping scope (``global``/``group``) of the ``train:`` section; ConfigError where a graph cannot."""
-    if not t["graph"] and (dist["zero_stage"] or dist["activation_checkpointing"]):
-        raise ConfigError("dist.zero_stage and dist.activation_checkpointing are nn.Graph options; set "
-                          "train.graph=true, or leave them at 0 and []")
-    if dist["zero_stage"] and dist["device"] == "cpu":
-        raise ConfigError("dist.zero_stage > 0 on CPU: OneFlow 0.9.0 aborts such a graph (register.cpp:75 Check "
-                          "failed: separated_header_mem_ptr() == nullptr); ZeRO is for CUDA runs, use "
-                          "dist.zero_stage=0 on CPU")
-    scope = t["clip_scope"] if t["clip_scope"] != "auto" else ("group" if t["graph"] else "global")
-    if t["graph"] and resolve_scheduler_kind(t) == "timm":
-        raise ConfigError("train.scheduler=timm with train.graph=true: a graph runs only OneFlow's schedulers; use "
-                          "train.scheduler=oneflow (or auto), train.schedule_unit=epoch, or train.graph=false")
-    return scope
 
 
 class _NoProgress:

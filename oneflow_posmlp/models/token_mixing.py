@@ -107,8 +107,18 @@ def add_token_bias(x: flow.Tensor, bias: flow.Tensor) -> flow.Tensor:
     return x + bias.unsqueeze(0)  # (1, 1, N, 1)
 
 
+class GroupMix(nn.Module):
+    """:func:`group_mix` as a module without parameters or buffers (no state-dict entry): the token mixing is a
+    module call of its own, so forward hooks can time it apart from the map that :class:`TokenMap` builds
+    (``oneflow_posmlp.bench.profile``). ``forward(token_map, x, group_major) = group_mix(token_map, x, group_major)``."""
+
+    def forward(self, token_map, x, group_major=False):
+        return group_mix(token_map, x, group_major)
+
+
 class TokenMap(nn.Module):
-    """Base of the positional maps: ``forward(x, mask, gate)`` = group-wise mix + absolute bias.
+    """Base of the positional maps: ``forward(x, mask, gate)`` = group-wise mix (``self.mix``, a
+    :class:`GroupMix`) + absolute bias.
 
     Subclasses implement :meth:`token_map` returning ``(Wm, S, N, N)``.
     """
@@ -121,6 +131,7 @@ class TokenMap(nn.Module):
         self.seq_len = win_size * win_size
         self.gamma = gamma
         self.absolute_bias = absolute_bias
+        self.mix = GroupMix()  # no parameters: the state dict keeps the official keys
 
     def _add_absolute_bias(self):
         """(1, N, 1): one bias per output token, shared by all channels (official name and shape).
@@ -140,7 +151,7 @@ class TokenMap(nn.Module):
         if mask is not None and (gate is not None or not self.uses_softmax):
             keep = (mask == 0).to(token_map.dtype).unsqueeze(1)  # (W, 1, N, N)
             token_map = token_map * keep
-        out = group_mix(token_map, x, group_major)
+        out = self.mix(token_map, x, group_major)
         if self.absolute_bias:
             out = add_token_bias(out, self.token_proj_n_bias)
         return out

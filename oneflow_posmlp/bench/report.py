@@ -1,0 +1,72 @@
+"""The benchmark's output: a readable table of a result (:func:`format_table`) and the JSON file."""
+import json
+import os
+
+
+def _fmt_flops(flops):
+    return f"{flops / 1e9:.2f} GFLOPs" if flops >= 1e8 else f"{flops / 1e6:.2f} MFLOPs"
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def _layout(result):
+    """``, 2 data-parallel ranks (...)`` or the tensor/pipeline layout, empty for one process."""
+    ranks = result.get("ranks", 1)
+    if ranks <= 1:
+        return ""
+    lay = result.get("layout") or {"data_parallel": ranks, "tensor_parallel": 1, "pipeline_parallel": 1}
+    if lay["tensor_parallel"] == 1 and lay["pipeline_parallel"] == 1:
+        return f", {ranks} data-parallel ranks (img/s global, memory of rank 0)"
+    return (f", {ranks} ranks: data_parallel {lay['data_parallel']} x tensor_parallel {lay['tensor_parallel']} x "
+            f"pipeline_parallel {lay['pipeline_parallel']} (img/s global, memory of rank 0)")
+
+
+def _train_step(result):
+    """``train step: AdamW lr ... (from the config)`` of the first train mode, or None."""
+    for r in result["modes"].values():
+        s = r.get("train_step")
+        if s:
+            wd = ", ".join(f"{w:g}" for w in s["weight_decay"])
+            return (f"train step (built from the config as the trainer does): {s['optimizer']} lr {s['lr']:.3g}, "
+                    f"weight decay {wd} (per group), eps {s['eps']:g}, clip {s['clip_grad']:g} ({s['clip_scope']}), "
+                    f"{result.get('grad_accum_steps', 1)} micro-batch(es) per update")
+    return None
+
+
+def format_table(result):
+    """A readable table of a :func:`~oneflow_posmlp.bench.runner.run_benchmark` result."""
+    lines = [f"{result['model']}: {result['params']:,} parameters, {_fmt_flops(result['flops_per_image'])}/image "
+             f"(2 x MACs), {result['img_size'][0]}x{result['img_size'][1]}, batch {result['batch_size']}, "
+             f"{result['device']}{' amp' if result['amp'] else ''}, oneflow {result['oneflow']}, "
+             f"{result['threads']} threads" + _layout(result),
+             "env: " + ", ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in result.get("env", {}).items())]
+    train_step = _train_step(result)
+    if train_step:
+        lines.append(train_step)
+    lines += [f"step = wall time from launch to last kernel, mean of {result['steps']} timed steps after "
+              f"{result['warmup']} warm-up; compile = a graph's first call (compile + 1 step); memory after each "
+              f"mode (peak = process high-water mark)",
+              f"{'mode':<12} {'img/s':>9} {'step ms':>9} {'min ms':>9} {'compile s':>10} {'peak RSS MB':>12} "
+              f"{'peak +MB':>9} {'RSS delta MB':>13}"]
+    for mode, r in result["modes"].items():
+        lines.append(f"{mode:<12} {r['images_per_s']:>9.2f} {r['step_ms']:>9.0f} {r['step_ms_min']:>9.0f} "
+                     f"{_fmt(r.get('compile_s'), '.1f'):>10} {r['peak_rss_mb']:>12.0f} "
+                     f"{r['peak_rss_growth_mb']:>9.0f} {_fmt(r['rss_delta_mb'], '.0f'):>13}"
+                     + (f"  gpu {_fmt(r.get('gpu_used_mb'), '.0f')} MB" if result["device"] == "cuda" else ""))
+    if "profile" in result:
+        p = result["profile"]
+        lines.append(f"eager forward (eval, batch {p['batch_size']}) by kind: {p['forward_ms']:.0f} ms per forward "
+                     f"unhooked, {p['hooked_forward_ms']:.0f} ms hooked (mean of {p['repeat']}):")
+        for kind, ms in p["by_kind_ms"].items():
+            lines.append(f"  {kind:<44} {ms:>9.1f} ms {100 * ms / p['hooked_forward_ms']:>6.1f}%")
+    return "\n".join(lines)
+
+
+def write_json(result, path):
+    """Write ``result`` as indented JSON (creating the directory)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, default=str)

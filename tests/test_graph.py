@@ -64,3 +64,28 @@ def test_train_graph_equals_eager_step():
     with flow.no_grad():
         expected = model(batches[0][0]).numpy()
     np.testing.assert_allclose(EvalGraph(model)(batches[0][0]).numpy(), expected, atol=1e-5)
+
+
+def test_train_graph_accumulates_micro_batches():
+    """A one-process graph with gradient accumulation (``train.grad_accum_steps=2``) compiles and equals eager
+    accumulation (each micro-batch's loss / 2, one update). OneFlow 0.9.0 aborted such a graph while the CPU
+    LayerNorm used the BatchNorm kernel (models/norm.py)."""
+    rng = np.random.default_rng(1)
+    x = flow.tensor(rng.standard_normal((8, 3, 32, 32)).astype(np.float32))
+    y = flow.tensor(rng.integers(0, 5, 8))
+    criterion = flow.nn.CrossEntropyLoss()
+    eager, opt = _setup()
+    losses = []
+    for xm, ym in ((x[:4], y[:4]), (x[4:], y[4:])):
+        loss = criterion(eager(xm), ym)
+        (loss / 2).backward()
+        losses.append(loss.item())
+    for g in opt.param_groups:
+        flow.nn.utils.clip_grad_norm_(g.parameters, 0.5)
+    opt.step()
+    model, opt = _setup()
+    graph_losses = TrainGraph(model, criterion, opt, grad_accum=2)(x, y).numpy().reshape(-1)
+    np.testing.assert_allclose(graph_losses, losses, atol=1e-5)
+    for (k, a), b in zip(eager.state_dict().items(), model.state_dict().values()):
+        if not k.endswith("num_batches_tracked"):
+            assert np.abs(a.numpy() - b.numpy()).max() <= 1e-5, k

@@ -5,7 +5,7 @@ import oneflow as flow
 import oneflow.nn as nn
 import pytest
 
-from oneflow_posmlp.models.norm import LayerNorm, uses_cpu_path
+from oneflow_posmlp.models.norm import LayerNorm, _rows_normalized_composed, uses_cpu_path
 from oneflow_posmlp.models.patch_embed import Conv2d
 
 
@@ -27,6 +27,19 @@ def test_layer_norm_equals_builtin_forward_and_backward(shape):
     (yr * g).sum().backward()
     for a, b in ((x.grad, xr.grad), (fast.weight.grad, ref.weight.grad), (fast.bias.grad, ref.bias.grad)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_composed_graph_path_equals_builtin():
+    """The form a one-process nn.Graph runs (no normalization op): forward and backward equal nn.LayerNorm."""
+    flow.manual_seed(0)
+    x = (flow.randn(2, 3, 16, 8) * 3 + 1).requires_grad_()
+    xr = x.detach().clone().requires_grad_()
+    y, yr = _rows_normalized_composed(x, 1e-6), nn.functional.layer_norm(xr, (8,), eps=1e-6)
+    np.testing.assert_allclose(y.numpy(), yr.numpy(), rtol=1e-5, atol=1e-5)
+    g = flow.randn(2, 3, 16, 8)
+    (y * g).sum().backward()
+    (yr * g).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), xr.grad.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_layer_norm_of_a_permuted_view():

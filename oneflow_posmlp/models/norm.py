@@ -8,6 +8,13 @@ composition with its reference kernel (tens of ms per call on a ``(8, 16, 196, 9
 no running statistics), then the affine ``* weight + bias`` broadcasts along the last axis, which oneDNN
 runs with its fast kernel. Same parameters (``weight``, ``bias``), so state dicts are unchanged; on CUDA,
 and for global tensors inside an ``nn.Graph`` (where ``to_local`` is not allowed), the built-in runs.
+
+Inside a one-process ``nn.Graph`` (local lazy tensors) the BatchNorm kernel is not used: OneFlow 0.9.0's
+gradient-accumulation pass requires a training-mode ``normalization`` op to have running statistics and
+aborts the graph otherwise (``Check failed ... arg_name: moving_mean`` with ``train.grad_accum_steps > 1``).
+There :func:`_rows_normalized_composed` writes the same normalisation with reductions and broadcasts in the
+form oneDNN runs fast (``(1, M, C, 1) - (1, M, 1, 1)``): 16 ms forward, 156 ms forward+backward on
+``(8, 16, 196, 96)`` (BatchNorm kernel 5 / 40 ms, the built-in 586 / 1145 ms), outputs within 1.2e-6.
 """
 import oneflow as flow
 import oneflow.nn as nn
@@ -23,6 +30,14 @@ def _rows_normalized(x, eps):
     y = flow._C.normalization(x.reshape(1, -1, C), None, None, None, None, axis=1, epsilon=eps, momentum=0.0,
                               is_training=True)
     return y.reshape(x.shape)
+
+
+def _rows_normalized_composed(x, eps):
+    """:func:`_rows_normalized` with reductions and row broadcasts (no ``normalization`` op): for graphs."""
+    x4 = x.reshape(1, -1, x.shape[-1], 1)  # (1, M, C, 1): the broadcasts below keep a trailing axis
+    centred = x4 - x4.mean(dim=2, keepdim=True)
+    var = (centred * centred).mean(dim=2, keepdim=True)  # biased, as LayerNorm
+    return (centred * flow.rsqrt(var + eps)).reshape(x.shape)
 
 
 def uses_cpu_path(x):
@@ -49,6 +64,8 @@ class LayerNorm(nn.LayerNorm):
             return flow.nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         if x.is_global:  # each rank normalises its own whole rows
             y = _rows_normalized(x.to_local(), self.eps).to_global(placement=x.placement, sbp=x.sbp)
+        elif x.is_lazy:  # one-process nn.Graph: no normalization op (see the module docstring)
+            y = _rows_normalized_composed(x, self.eps)
         else:
             y = _rows_normalized(x, self.eps)
         if self.elementwise_affine:

@@ -1,6 +1,11 @@
 # Quick start:  make demo   (train the embedded demo)   |   make test   (run the test suite)
 # Both create .venv (Python 3.10 + pinned OneFlow stack) on first use via scripts/ensure_venv.sh.
 PY := .venv/bin/python
+# make test: the single-process tests on TEST_WORKERS pytest-xdist workers (OneFlow computes on one core per
+# process; --dist loadscope keeps a module on one worker, so its module-scoped fixtures are built once), then
+# the distributed tests (each launches 1-4 ranks on ports of its own) one at a time
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadscope
 
 .PHONY: venv demo test test-fast clean-venv
 venv:
@@ -10,10 +15,11 @@ demo: venv
 	$(PY) tools/train.py -c configs/demo.yaml
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST) -m "not distributed"
+	$(PY) -m pytest -q -m distributed
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow and not distributed"
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not distributed"
 
 clean-venv:
 	rm -rf .venv

@@ -1,5 +1,10 @@
 """Helpers for tests that launch ``tools/train.py`` / ``tools/eval.py`` on 1..4 local ranks (every launch has a
-timeout, so a collective that one rank misses fails the test instead of hanging it)."""
+timeout, so a collective that one rank misses fails the test instead of hanging it).
+
+A launch costs seconds before any work (the launcher and every rank import OneFlow and start its runtime), so
+tests that check several runs of one rank count launch them together: :func:`run_many` runs several tool
+command lines one after another in the same launched processes (``tests/runs_job.py``)."""
+import json
 import os
 import re
 import socket
@@ -28,10 +33,14 @@ def launcher(ranks, port=None):
             "--master_port", str(port or free_port())]
 
 
-def train_cmd(root, out, *opts, **extra):
+def train_argv(root, out, *opts, **extra):
+    """The arguments of ``tools/train.py`` for a 3-update run of configs/demo.yaml on ``root``."""
     extra = {"train.epochs": 1, "data.limit_train_batches": 3, "train.ema": "false", **extra}
-    return [os.path.join(ROOT, "tools", "train.py"), "-c", "configs/demo.yaml", "--output", str(out), "--opts",
-            *tiny_train_opts(root, **extra), *opts]
+    return ["-c", "configs/demo.yaml", "--output", str(out), "--opts", *tiny_train_opts(root, **extra), *opts]
+
+
+def train_cmd(root, out, *opts, **extra):
+    return [os.path.join(ROOT, "tools", "train.py"), *train_argv(root, out, *opts, **extra)]
 
 
 def run(cmd, expect_ok=True):
@@ -44,6 +53,30 @@ def run(cmd, expect_ok=True):
 
 def train(root, out, ranks, *opts, **extra):
     return run(launcher(ranks) + train_cmd(root, out, *opts, **extra))
+
+
+def run_many(ranks, runs, out):
+    """Run ``runs`` (``[{"tool": "train.py", "argv": [...], "expect_error": bool}, ...]``) one after another in one
+    launch of ``ranks`` processes. Returns ``(results, job)``: per run, the list of per-rank
+    ``{"code", "stdout", "stderr"}`` (None for a run the job did not reach: it failed or timed out), and a
+    description of the job's end for assertion messages."""
+    os.makedirs(out, exist_ok=True)
+    spec = os.path.join(out, "runs.json")
+    with open(spec, "w") as f:
+        json.dump(runs, f)
+    try:
+        res = subprocess.run(launcher(ranks) + [os.path.join(ROOT, "tests", "runs_job.py"), spec, str(out)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=TIMEOUT + 90 * len(runs),
+                             env=dict(os.environ, GLOG_minloglevel="2"))
+        job = f"job of {len(runs)} runs on {ranks} rank(s) exited {res.returncode}: {res.stderr[-3000:]}"
+    except subprocess.TimeoutExpired as exc:
+        job = f"job of {len(runs)} runs on {ranks} rank(s) timed out: {(exc.stderr or b'')[-3000:]!r}"
+    per_rank = []
+    for r in range(ranks):
+        path = os.path.join(out, f"rank{r}.json")
+        per_rank.append(json.load(open(path)) if os.path.isfile(path) else [])
+    results = [[done[i] if i < len(done) else None for done in per_rank] for i in range(len(runs))]
+    return [None if None in ranks_done else ranks_done for ranks_done in results], job
 
 
 def updates(out, grad_norm=True):

@@ -13,6 +13,9 @@ second node in a network namespace (root only; skipped elsewhere). Graph runs ar
 process with the graph's semantics (OneFlow's lr schedule, per-group clipping); the pipeline runs 2
 micro-batches per update through its stages (gradient accumulation). Checkpoints are gathered to complete tensors, so a
 tensor-parallel checkpoint resumes in a data-parallel run and in one process, and evaluates in one process.
+
+The runs of one rank count are launched together (one launch per rank count, ``tests/runs_job.py``: process
+start-up costs seconds per rank) and each test asserts its own runs.
 """
 import json
 import os
@@ -22,7 +25,7 @@ import sys
 
 import pytest
 
-from launch import ROOT, free_port, launcher, max_state_diff, run, train, train_cmd, updates
+from launch import ROOT, free_port, max_state_diff, run_many, train_argv, train_cmd, updates
 from oneflow_posmlp.models import build_model
 from oneflow_posmlp.parallel import LayoutError
 from oneflow_posmlp.parallel.pipeline import level_stages, module_stages
@@ -46,34 +49,7 @@ LAYOUTS = {  # name: (ranks, options, options of the one-process reference)
     "graph_pipeline_2_micro_batches": (2, GRAPH + MICRO + ("dist.pipeline_parallel=2",), EAGER_AS_GRAPH + MICRO),
     "graph_data2_x_tensor2": (4, GRAPH + ("dist.data_parallel=2", "dist.tensor_parallel=2"), EAGER_AS_GRAPH),
 }
-_REFERENCES = {}
-
-
-def reference(root, tmp_path_factory, opts):
-    """One eager process with ``opts`` (cached per option set)."""
-    if opts not in _REFERENCES:
-        out = tmp_path_factory.mktemp("one_rank")
-        train(root, out, 1, *DROP_PATH, *opts)
-        _REFERENCES[opts] = out
-    return _REFERENCES[opts]
-
-
-def losses(out):
-    return [(u, loss) for u, loss, _ in updates(out, grad_norm=False)]
-
-
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_layout_equals_one_eager_process(layout, tiny_demo_root, tmp_path_factory, tmp_path):
-    ranks, opts, ref_opts = LAYOUTS[layout]
-    ref = reference(tiny_demo_root, tmp_path_factory, ref_opts)
-    train(tiny_demo_root, tmp_path, ranks, *DROP_PATH, *opts)
-    if "train.graph=true" in opts:  # a graph step does not report its gradient norm
-        assert len(losses(ref)) >= 2 and losses(tmp_path) == losses(ref)
-    else:
-        assert len(updates(ref)) == 3 and updates(tmp_path) == updates(ref)
-    assert max_state_diff(ref / "last", tmp_path / "last") <= TOL
-    assert f"on {ranks} rank(s)" in open(tmp_path / "log_rank0.txt").read()
-
+REFERENCES = {opts: f"one_rank_{i}" for i, opts in enumerate(dict.fromkeys(ref for _, _, ref in LAYOUTS.values()))}
 
 # what the shipped ImageNet recipes regularize with (configs/posmlp_{t,s,b}.yaml), on the demo model
 RECIPE = ("model.drop_path_rate=0.1", "model.drop_rate=0.1", "aug.mixup=0.5", "aug.cutmix=1.0",
@@ -84,6 +60,93 @@ FAMILIES = {  # name: (ranks, options)
     "pipeline_parallel_2": (2, ("dist.pipeline_parallel=2",)),
     "data2_x_tensor2": (4, ("dist.data_parallel=2", "dist.tensor_parallel=2")),
 }
+MODES = {"eager": (), "graph": GRAPH}
+
+SHRINK = ("model.img_size=32", "model.embed_dims=[16,32,64,128]", "model.depths=[1,1,1,1]",
+          "model.win_size=[4,4,2,1]", "model.gamma=[2,4,8,16]", "model.num_classes=4", "dist.device=cpu",
+          "train.amp=false", "data.num_workers=0", "data.demo=false", "train.batch_size=8", "train.epochs=1",
+          "data.limit_train_batches=1", "train.warmup_epochs=0", "log.progress=false", "train.log_interval=1")
+SHIPPED = ("posmlp_t", "posmlp_s", "posmlp_b")
+TWO_EPOCHS = {"train.epochs": 2}
+
+
+class Runs:
+    """Every run of this module, launched together per rank count (``launch.run_many``: one launch and one
+    OneFlow start-up per rank count) when a test first asks for one of them; each test asserts its own runs,
+    so a failure names the layout that broke. The tensor-parallel checkpoint of the 2-rank job is resumed in
+    that job (on 2 data-parallel ranks) and, after it, in one process (:func:`resumed_in_one_process`)."""
+
+    def __init__(self, root, base):
+        self.root, self.base = root, base
+        self.specs = {1: {}, 2: {}, 4: {}}  # ranks: {name: run}, in launch order
+        self.done = {}  # ranks: (results, job)
+        for opts, name in REFERENCES.items():
+            self.add(name, 1, *DROP_PATH, *opts)
+        for name, (ranks, opts, _) in LAYOUTS.items():
+            self.add(name, ranks, *DROP_PATH, *opts)
+        self.add("tp_checkpoint_reference", 1, "model.stem_norm=LN", **TWO_EPOCHS)
+        self.add("tp_checkpoint", 2, "model.stem_norm=LN", "dist.tensor_parallel=2")
+        self.add("tp_checkpoint_resumed_dp", 2, "model.stem_norm=LN", "--resume", str(self.out("tp_checkpoint") / "last"),
+                 **TWO_EPOCHS)
+        for family, (ranks, opts) in FAMILIES.items():
+            for mode, mode_opts in MODES.items():
+                self.add(f"recipe_{family}_{mode}", ranks, *RECIPE, *opts, *mode_opts, **{"data.limit_train_batches": 2})
+        for name in SHIPPED:
+            self.specs[2][name] = {"tool": "train.py", "argv": ["-c", f"configs/{name}.yaml", "--output",
+                                                                str(self.out(name)), "--opts", f"data.root={root}",
+                                                                *SHRINK]}
+        # last: both ranks must return from the refused run (no rank left waiting in a collective)
+        self.add("refused", 2, "dist.tensor_parallel=2", "data.demo=false", "data.synthetic=true", "model.num_classes=5",
+                 expect_error=True)
+
+    def out(self, name):
+        return self.base / name
+
+    def add(self, name, ranks, *opts, expect_error=False, **extra):
+        self.specs[ranks][name] = {"tool": "train.py", "argv": train_argv(self.root, self.out(name), *opts, **extra),
+                                   "expect_error": expect_error}
+
+    def job(self, ranks):
+        if ranks not in self.done:
+            self.done[ranks] = run_many(ranks, list(self.specs[ranks].values()), self.base / f"job_{ranks}_ranks")
+        return self.done[ranks]
+
+    def result(self, name):
+        """The per-rank results of run ``name`` (its job launched if not yet); asserts that it ran on every rank
+        and, unless it is expected to fail, exited 0 everywhere. Returns its output directory."""
+        ranks = next(r for r, specs in self.specs.items() if name in specs)
+        results, job = self.job(ranks)
+        got = results[list(self.specs[ranks]).index(name)]
+        assert got is not None, f"run {name} did not finish: {job}"
+        if not self.specs[ranks][name].get("expect_error"):
+            for r, res in enumerate(got):
+                assert res["code"] == 0, f"run {name}, rank {r}: exit {res['code']}\n{res['stderr'][-3000:]}"
+        return got
+
+    def trained(self, name):
+        self.result(name)
+        return self.out(name)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_demo_root, tmp_path_factory):
+    return Runs(tiny_demo_root, tmp_path_factory.mktemp("layouts"))
+
+
+def losses(out):
+    return [(u, loss) for u, loss, _ in updates(out, grad_norm=False)]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_layout_equals_one_eager_process(layout, runs):
+    ranks, opts, ref_opts = LAYOUTS[layout]
+    ref, out = runs.trained(REFERENCES[ref_opts]), runs.trained(layout)
+    if "train.graph=true" in opts:  # a graph step does not report its gradient norm
+        assert len(losses(ref)) >= 2 and losses(out) == losses(ref)
+    else:
+        assert len(updates(ref)) == 3 and updates(out) == updates(ref)
+    assert max_state_diff(ref / "last", out / "last") <= TOL
+    assert f"on {ranks} rank(s)" in open(out / "log_rank0.txt").read()
 
 
 def assert_trained(out, updates_expected):
@@ -92,29 +155,19 @@ def assert_trained(out, updates_expected):
     assert "replicas agree within 0\n" in open(out / "log_rank0.txt").read()  # tensor-parallel ranks agreed
 
 
-@pytest.mark.parametrize("mode", ["eager", "graph"])
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_layout_trains_with_the_recipe_regularizers(family, mode, tiny_demo_root, tmp_path):
-    ranks, opts = FAMILIES[family]
-    train(tiny_demo_root, tmp_path, ranks, *RECIPE, *opts, *(GRAPH if mode == "graph" else ()),
-          **{"data.limit_train_batches": 2})
-    assert_trained(tmp_path, 2)
+def test_layout_trains_with_the_recipe_regularizers(family, mode, runs):
+    assert_trained(runs.trained(f"recipe_{family}_{mode}"), 2)
 
 
-SHRINK = ("model.img_size=32", "model.embed_dims=[16,32,64,128]", "model.depths=[1,1,1,1]",
-          "model.win_size=[4,4,2,1]", "model.gamma=[2,4,8,16]", "model.num_classes=4", "dist.device=cpu",
-          "train.amp=false", "data.num_workers=0", "data.demo=false", "train.batch_size=8", "train.epochs=1",
-          "data.limit_train_batches=1", "train.warmup_epochs=0", "log.progress=false", "train.log_interval=1")
-
-
-@pytest.mark.parametrize("name", ["posmlp_t", "posmlp_s", "posmlp_b"])
-def test_shipped_config_starts_on_two_ranks(name, tiny_demo_root, tmp_path):
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_config_starts_on_two_ranks(name, runs):
     """The ImageNet recipe as shipped (drop path, dropout, RandAugment, Mixup/CutMix, label smoothing, EMA,
     clipping), shrunk to a tiny model on the demo images: one update on 2 data-parallel ranks."""
-    res = run(launcher(2) + [os.path.join(ROOT, "tools", "train.py"), "-c", f"configs/{name}.yaml", "--output",
-                             str(tmp_path), "--opts", f"data.root={tiny_demo_root}", *SHRINK])
-    assert f"model {name}:" in open(tmp_path / "log_rank0.txt").read(), res.stderr[-2000:]
-    assert_trained(tmp_path, 1)
+    out = runs.trained(name)
+    assert f"model {name}:" in open(out / "log_rank0.txt").read()
+    assert_trained(out, 1)
 
 
 @pytest.fixture
@@ -144,10 +197,10 @@ def second_node():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def test_two_node_launch_equals_one_process(second_node, tiny_demo_root, tmp_path_factory, tmp_path):
+def test_two_node_launch_equals_one_process(second_node, runs, tiny_demo_root, tmp_path):
     """``--nnodes 2``: one launcher per node, one process each, a 2-rank data-parallel job."""
     enter_node, master = second_node
-    ref = reference(tiny_demo_root, tmp_path_factory, ())
+    ref = runs.trained(REFERENCES[()])
     port = str(free_port())
     cmd = train_cmd(tiny_demo_root, tmp_path, *DROP_PATH)
     procs = []
@@ -169,31 +222,34 @@ def test_two_node_launch_equals_one_process(second_node, tiny_demo_root, tmp_pat
     assert os.path.isfile(tmp_path / "log_rank1.txt")
 
 
-def test_tensor_parallel_checkpoint_loads_into_other_layouts(tiny_demo_root, tmp_path):
+def test_tensor_parallel_checkpoint_loads_into_other_layouts(runs, tiny_demo_root, tmp_path):
     """1 epoch with tensor parallelism, then epoch 2 resumed on 2 data-parallel ranks and on 1 rank: both equal
     an uninterrupted 2-epoch run of one process; the checkpoint also evaluates in one process."""
-    two_epochs = {"train.epochs": 2}
-    train(tiny_demo_root, tmp_path / "ref", 1, "model.stem_norm=LN", **two_epochs)
-    train(tiny_demo_root, tmp_path / "tp", 2, "model.stem_norm=LN", "dist.tensor_parallel=2")
-    for name, ranks in (("dp", 2), ("single", 1)):
-        run(["cp", "-r", str(tmp_path / "tp"), str(tmp_path / name)])
-        train(tiny_demo_root, tmp_path / name, ranks, "model.stem_norm=LN", "--resume", "auto", **two_epochs)
-        assert max_state_diff(tmp_path / "ref" / "last", tmp_path / name / "last") <= TOL, name
-    res = run(launcher(1) + [os.path.join(ROOT, "tools", "eval.py"), "-c", "configs/demo.yaml", "--weights",
-                             str(tmp_path / "tp" / "last"), "--opts", f"data.root={tiny_demo_root}", "data.demo=false",
-                             "data.num_workers=0", "train.batch_size=16", "model.stem_norm=LN",
-                             f"output.dir={tmp_path / 'eval'}"])
-    logged = open(tmp_path / "tp" / "log_rank0.txt").read()
-    top1 = json.loads(res.stdout.strip().splitlines()[-1])["top1"]
+    ref, tp = runs.trained("tp_checkpoint_reference") / "last", runs.trained("tp_checkpoint") / "last"
+    assert max_state_diff(ref, runs.trained("tp_checkpoint_resumed_dp") / "last") <= TOL, "dp"
+    eval_argv = ["-c", "configs/demo.yaml", "--weights", str(tp), "--opts", f"data.root={tiny_demo_root}",
+                 "data.demo=false", "data.num_workers=0", "train.batch_size=16", "model.stem_norm=LN",
+                 f"output.dir={tmp_path / 'eval'}"]
+    (single, evaluated), job = run_many(1, [
+        {"tool": "train.py", "argv": train_argv(tiny_demo_root, tmp_path / "single", "model.stem_norm=LN", "--resume",
+                                                str(tp), **TWO_EPOCHS)},
+        {"tool": "eval.py", "argv": eval_argv}], tmp_path / "job")
+    assert single and single[0]["code"] == 0, single[0]["stderr"][-3000:] if single else job
+    assert max_state_diff(ref, tmp_path / "single" / "last") <= TOL, "single"
+    assert evaluated and evaluated[0]["code"] == 0, evaluated[0]["stderr"][-3000:] if evaluated else job
+    logged = open(tp.parent / "log_rank0.txt").read()
+    top1 = json.loads(evaluated[0]["stdout"].strip().splitlines()[-1])["top1"]
     assert f"top-1 {top1:.2f}%" in logged
 
 
-def test_layout_that_does_not_fit_is_refused_on_every_rank(tiny_demo_root, tmp_path):
-    """num_classes 5 does not split over 2 tensor-parallel ranks: both ranks exit with the error, no hang."""
-    res = run(launcher(2) + train_cmd(tiny_demo_root, tmp_path, "dist.tensor_parallel=2", "data.demo=false",
-                                      "data.synthetic=true", "model.num_classes=5"), expect_ok=False)
-    assert res.returncode != 0
-    assert res.stderr.count("dist.tensor_parallel=2 does not divide num_classes 5") == 2, res.stderr[-2000:]
+def test_layout_that_does_not_fit_is_refused_on_every_rank(runs):
+    """num_classes 5 does not split over 2 tensor-parallel ranks: both ranks exit with the error, no hang (the
+    job's later runs and its end are reached: the refused run is the 2-rank job's last)."""
+    refused = runs.result("refused")
+    for res in refused:
+        assert res["code"] == 2 and res["stderr"].count("dist.tensor_parallel=2 does not divide num_classes 5") == 1, \
+            res["stderr"][-2000:]
+    assert runs.job(2)[1].startswith("job of") and " exited 0:" in runs.job(2)[1], runs.job(2)[1]
 
 
 def test_split_checks(tiny_model_cfg):

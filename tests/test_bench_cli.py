@@ -73,6 +73,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     assert "no CUDA device" in capsys.readouterr().err
 
 
+@pytest.mark.distributed
 def test_two_data_parallel_ranks_report_the_global_batch(tmp_path):
     """--ranks 2: the tool launches itself on 2 ranks (here launched directly, with the tests' timeout); rank 0
     reports the same global batch, split over the ranks."""
@@ -89,6 +90,7 @@ def test_two_data_parallel_ranks_report_the_global_batch(tmp_path):
     assert all(m["images_per_s"] > 0 for m in r["modes"].values())
 
 
+@pytest.mark.distributed
 def test_the_cli_launches_its_own_ranks(tmp_path):
     """Without a launcher, --ranks 2 starts `oneflow.distributed.launch --module oneflow_posmlp.bench.cli`."""
     from launch import run

@@ -2,9 +2,10 @@
 
 Each layout runs tools/train.py for 3 AdamW updates (lr warm-up, clipping at 1.0, drop path 0.1, the demo's
 BN-free variant: ``model.stem_norm=LN``, because BatchNorm under data parallelism normalises per rank like DDP
-without SyncBN; cut to its first 2 levels except in the 2-D graph, see TWO_LEVELS) and must log the same loss (and, eagerly, gradient norm) at every update as one eager process,
-and end with the same weights and AdamW moments within 1e-6: drop-path masks are drawn per sample of the
-global batch from the step's seed, so every layout drops what one process drops (models/drop.py).
+without SyncBN; cut to its first 2 levels except in the 2-D graph, see TWO_LEVELS) and must log the same loss
+(and, eagerly, gradient norm) at every update as one eager process, and end with the same weights and AdamW
+moments within 1e-6: drop-path masks are drawn per sample of the global batch from the step's seed, so every
+layout drops what one process drops (models/drop.py).
 Every layout family also trains with all the shipped recipes' regularizers on (drop path, dropout,
 Mixup/CutMix, RandAugment, EMA), eagerly and as a graph; there the runs cannot equal one process (dropout
 and Mixup draw per data-parallel shard), so they must finish with finite losses and replicas that agree.

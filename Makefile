@@ -3,7 +3,8 @@
 PY := .venv/bin/python
 # make test: the single-process tests on TEST_WORKERS pytest-xdist workers (OneFlow computes on one core per
 # process; --dist loadscope keeps a module on one worker, so its module-scoped fixtures are built once), then
-# the distributed tests (each launches 1-4 ranks on ports of its own) one at a time
+# the distributed tests (each launches 1-4 ranks on ports of its own): on the same workers, a module per worker, so
+# test_parallel_layouts.py's jobs run beside the smaller modules' launches
 TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist loadscope
 
@@ -16,7 +17,7 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q $(XDIST) -m "not distributed"
-	$(PY) -m pytest -q -m distributed
+	$(PY) -m pytest -q $(XDIST) -m distributed
 
 test-fast: venv
 	$(PY) -m pytest -q $(XDIST) -m "not slow and not distributed"

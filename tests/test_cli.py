@@ -103,26 +103,35 @@ def _log_lines(path):
     return [line.split("] ", 1)[1] for line in open(path).read().splitlines()]
 
 
-@pytest.mark.parametrize("opts,needle", [
-    (["dist.data_parallel=2"], "error: dist layout data_parallel=2"),  # before the trainer opens its log
-    (["data.root=/nonexistent/data"], "error: data folder /nonexistent/data/train does not exist"),  # after
+@pytest.mark.parametrize("opts,needle,existing", [
+    (["dist.data_parallel=2"], "error: dist layout data_parallel=2", True),  # before the trainer opens its log
+    (["dist.data_parallel=2"], "error: dist layout data_parallel=2", False),  # ... of a new output directory
+    (["data.root=/nonexistent/data"], "error: data folder /nonexistent/data/train does not exist", False),  # after
 ])
-def test_an_error_at_start_is_the_first_line_of_the_ranks_log(tmp_path, capsys, opts, needle):
+def test_an_error_at_start_is_the_first_line_of_the_ranks_log(tmp_path, capsys, opts, needle, existing):
+    """An error is written to the rank's log as its first line: always once the trainer opened the log; before that
+    into an output directory that exists (a new run's bad input creates nothing)."""
     from oneflow_posmlp.cli import train as train_tool
 
-    code = train_tool.main(["-c", os.path.join(ROOT, "configs", "demo.yaml"), "--output", str(tmp_path / "out"),
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+    code = train_tool.main(["-c", os.path.join(ROOT, "configs", "demo.yaml"), "--output", str(out),
                             "--opts", "data.demo=false", "data.root=/nonexistent/data", *opts])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(needle), err
-    assert _log_lines(tmp_path / "out" / "log_rank0.txt") == [err[0]]
+    if existing or "dist.data_parallel=2" not in opts:
+        assert _log_lines(out / "log_rank0.txt") == [err[0]]
+    else:
+        assert not out.exists()
 
 
 @pytest.mark.distributed
 def test_a_failing_multi_rank_start_writes_the_error_first_in_every_ranks_log(tmp_path):
     """Under oneflow.distributed.launch each rank prints its ``error:`` line, then the launcher ends the job and
-    prints its own CalledProcessError traceback (docs/parallel.md); every rank's log_rank*.txt holds the error as
-    its first line. (The layout check follows OneFlow's rendezvous, so both ranks reach it together, before the
-    launcher, which polls once a second, ends either.)"""
+    prints its own CalledProcessError traceback (docs/parallel.md); in the (existing) output directory every
+    rank's log_rank*.txt holds the error as its first line. (The layout check follows OneFlow's rendezvous, so
+    both ranks reach it together, before the launcher, which polls once a second, ends either.)"""
     import socket
 
     with socket.socket() as s:

@@ -40,7 +40,8 @@ def test_an_error_line_goes_to_the_named_log_first_and_is_appended_to_an_open_on
     assert logger.launched_rank() == 0  # one process (OneFlow's import sets RANK=-1 then)
     logger.expect_log(tmp_path / "run")  # names the file; creates nothing
     logger.expect_log(tmp_path / "run", 3)
-    assert not (tmp_path / "run").exists()
+    assert logger.log_error("error: a new run's bad input") is None and not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()  # an output directory that exists gets the rank's log with the error
     path = logger.log_error("error: dist layout does not fit")
     assert path == str(tmp_path / "run" / "log_rank3.txt")
     lines = open(path).read().splitlines()

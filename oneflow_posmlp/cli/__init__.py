@@ -30,7 +30,8 @@ def run(main, verbose=False):
     line and exit 2. Anything else is a bug and keeps its traceback.
 
     The error line is written first to this rank's log file (``log_rank{rank}.txt``) when the tool named one
-    (``engine.logger.expect_log``: ``posmlp-train`` does once the config names the output directory), then to
+    (``engine.logger.expect_log``: ``posmlp-train`` does once the config names the output directory) and its
+    directory exists (``engine.logger.log_error``), then to
     stderr: under ``oneflow.distributed.launch`` the launcher ends every rank as soon as one exits and then prints
     its own ``CalledProcessError`` traceback (docs/parallel.md), so each rank's log says why the job stopped."""
     if verbose:

@@ -32,8 +32,8 @@ def launched_rank():
 
 def expect_log(output_dir, rank=None):
     """Name the log file this run will write (``output_dir/log_rank{rank}.txt``, ``rank`` as launched), so that an
-    error before the run opens it (a layout that does not fit, missing data, a bad checkpoint) is written there
-    by :func:`log_error`. Creates nothing."""
+    error before the run opens it (a layout that does not fit, a bad checkpoint) is written there by
+    :func:`log_error` when ``output_dir`` exists. Creates nothing."""
     _error_log.update(path=log_path(output_dir, launched_rank() if rank is None else rank),
                       rank=launched_rank() if rank is None else rank)
 
@@ -44,16 +44,16 @@ def forget_log():
 
 
 def log_error(line):
-    """Append ``line`` (an ``error: ...`` line) to this rank's log file at once, in the log's format (the directory
-    and file are created if the run had not opened them yet), so that a rank's log shows why it stopped even when
-    the launcher ends the other ranks right after. Returns the file's path, or None when no log file was named
-    (the error came before the config named the output directory) or it cannot be written."""
+    """Append ``line`` (an ``error: ...`` line) to this rank's log file at once, in the log's format, so that a
+    rank's log shows why it stopped even when the launcher ends the other ranks right after. The file is created
+    if the run had not opened it yet, but only in an output directory that exists: bad input to a new run writes
+    nothing. Returns the file's path, or None when nothing was written (no log named: the error came before the
+    config named the output directory; the directory does not exist; it cannot be written)."""
     path = _error_log.get("path")
-    if path is None:
+    if path is None or not os.path.isdir(os.path.dirname(path) or "."):
         return None
     record = logging.LogRecord("oneflow_posmlp", logging.ERROR, __file__, 0, line, None, None)
     try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "a") as f:
             f.write(_formatter(_error_log["rank"]).format(record) + "\n")
     except OSError:

@@ -9,6 +9,16 @@ import pytest
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 REFERENCE = FIXTURES / "reference"
 REFERENCE_MODELS = ("tiny_gqpe", "tiny_lrpe", "tiny_lrpe_gated")
+# the same architectures with parameters as a trained network holds them (PROVENANCE.md, "Trained-like models"):
+# their outputs depend on the positional maps, so a wrong conversion shows
+TRAINED_LIKE = REFERENCE / "trained_like"
+TRAINED_LIKE_MODELS = ("tl_gqpe", "tl_lrpe", "tl_lrpe_gated")
+ALL_REFERENCE_MODELS = REFERENCE_MODELS + TRAINED_LIKE_MODELS
+
+
+def reference_file(name, suffix):
+    """``tests/fixtures/reference[/trained_like]/NAME.SUFFIX`` of a reference model (``suffix``: json, npz, pth.tar)."""
+    return (TRAINED_LIKE if name in TRAINED_LIKE_MODELS else REFERENCE) / f"{name}.{suffix}"
 
 # A PosMLP small enough for OneFlow's CPU kernels: 64x64 input -> feature maps 16/8/4/2, which the
 # windows 8/4/4/2 tile (levels 0 and 1 have several windows, so shifted windows apply there).

@@ -96,3 +96,56 @@ def test_a_bad_config_is_one_error_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith("error: unknown config key 'model.embed_dim'; did you mean 'model.embed_dims'?")
+
+
+def _log_lines(path):
+    """The messages of a log file (``HH:MM:SS [rank R] message`` lines), without the time and rank."""
+    return [line.split("] ", 1)[1] for line in open(path).read().splitlines()]
+
+
+@pytest.mark.parametrize("opts,needle,existing", [
+    (["dist.data_parallel=2"], "error: dist layout data_parallel=2", True),  # before the trainer opens its log
+    (["dist.data_parallel=2"], "error: dist layout data_parallel=2", False),  # ... of a new output directory
+    (["data.root=/nonexistent/data"], "error: data folder /nonexistent/data/train does not exist", False),  # after
+])
+def test_an_error_at_start_is_the_first_line_of_the_ranks_log(tmp_path, capsys, opts, needle, existing):
+    """An error is written to the rank's log as its first line: always once the trainer opened the log; before that
+    into an output directory that exists (a new run's bad input creates nothing)."""
+    from oneflow_posmlp.cli import train as train_tool
+
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+    code = train_tool.main(["-c", os.path.join(ROOT, "configs", "demo.yaml"), "--output", str(out),
+                            "--opts", "data.demo=false", "data.root=/nonexistent/data", *opts])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(needle), err
+    if existing or "dist.data_parallel=2" not in opts:
+        assert _log_lines(out / "log_rank0.txt") == [err[0]]
+    else:
+        assert not out.exists()
+
+
+@pytest.mark.distributed
+def test_a_failing_multi_rank_start_writes_the_error_first_in_every_ranks_log(tmp_path):
+    """Under oneflow.distributed.launch each rank prints its ``error:`` line, then the launcher ends the job and
+    prints its own CalledProcessError traceback (docs/parallel.md); in the (existing) output directory every
+    rank's log_rank*.txt holds the error as its first line. (The layout check follows OneFlow's rendezvous, so
+    both ranks reach it together, before the launcher, which polls once a second, ends either.)"""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = subprocess.run([sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port",
+                          str(port), os.path.join(ROOT, "tools", "train.py"), "-c", "configs/demo.yaml", "--output",
+                          str(tmp_path), "--opts", "data.demo=false", "data.root=/nonexistent", "dist.data_parallel=3"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, GLOG_minloglevel="2"))
+    error = "error: dist layout data_parallel=3 x tensor_parallel=1 x pipeline_parallel=1 = 3 ranks, but 2 were launched"
+    lines = res.stderr.splitlines()
+    assert res.returncode == 1 and lines[-1].startswith("subprocess.CalledProcessError: Command "), res.stderr[-3000:]
+    first_error = next(i for i, line in enumerate(lines) if line.startswith("error: "))
+    assert lines[first_error].startswith(error) and first_error < lines.index("Traceback (most recent call last):")
+    for rank in (0, 1):
+        logged = _log_lines(tmp_path / f"log_rank{rank}.txt")
+        assert logged and logged[0].startswith(error), (rank, logged)

@@ -93,3 +93,40 @@ def test_shipped_recipes(name, lr, batch, drop_path):
         (0.9, "random", 1.0, "norm", 0.99992)
     assert m["drop_rate"] == 0.02333 and m["name"] == name
     assert scaled_lr(load_config(f"configs/{name}.yaml", ["train.batch_size=1024"])) == pytest.approx(lr * 1024 / batch)
+
+
+# (as written, value): YAML 1.1 (plain PyYAML) reads the first six as strings
+NUMBERS = [("1e-3", 1e-3), ("5e-4", 5e-4), ("3e5", 3e5), ("1.0e6", 1e6), ("-2E-4", -2e-4), ("+1e-2", 1e-2),
+           (".5e-3", 5e-4), ("1.0e-3", 1e-3), ("0.002", 2e-3)]
+
+
+@pytest.mark.parametrize("text,value", NUMBERS)
+def test_numbers_as_people_write_them_work_for_float_keys_in_files_and_opts(tmp_path, text, value):
+    """A float key (train.warmup_lr; for negatives the elements of the float list aug.mean) set in --opts and in a
+    config file gets the number, as a float."""
+    scalar = value > 0  # warmup_lr must be >= 0
+    opts = [f"aug.mean=[{text}, 0.5, {text}]"] + ([f"train.warmup_lr={text}"] if scalar else [])
+    path = tmp_path / "c.yaml"
+    path.write_text(f"aug:\n  mean: [{text}, 0.5, {text}]\n" + (f"train:\n  warmup_lr: {text}\n" if scalar else ""))
+    for cfg in (load_config(None, opts), load_config(path)):
+        assert cfg["aug"]["mean"] == [value, 0.5, value] and all(type(v) is float for v in cfg["aug"]["mean"])
+        if scalar:
+            assert cfg["train"]["warmup_lr"] == value and type(cfg["train"]["warmup_lr"]) is float
+
+
+def test_ints_stay_ints_and_non_numbers_stay_errors(tmp_path):
+    cfg = load_config(None, ["train.epochs=30", "train.batch_size=256", "train.lr=2"])
+    assert type(cfg["train"]["epochs"]) is int and cfg["train"]["epochs"] == 30 and cfg["train"]["lr"] == 2.0
+    assert parse_opts(["a=300", "b=1e3", "c=0x10", "d=1e", "e=e5", "f=1e-3x", "g='1e-3'"]) == {
+        "a": 300, "b": 1000.0, "c": 16, "d": "1e", "e": "e5", "f": "1e-3x", "g": "1e-3"}
+    with pytest.raises(ConfigError) as err:  # an exponent makes a float, and an int key takes no float
+        load_config(None, ["train.epochs=3e2"])
+    assert str(err.value).startswith("config key 'train.epochs' must be int (like 300), got 300.0 (float)")
+    for bad in ("1e-3x", "fast", "1,5e-3"):
+        with pytest.raises(ConfigError) as err:
+            load_config(None, [f"train.lr={bad}"])
+        assert str(err.value) == f"config key 'train.lr' must be float (like 0.002), got '{bad}' (str)"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3x\n")
+    with pytest.raises(ConfigError, match=r"config key 'train.lr' must be float \(like 0.002\), got '1e-3x' \(str\)"):
+        load_config(path)

@@ -3,6 +3,7 @@ by default, OneFlow directories on request; directories of the previous converte
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -11,9 +12,10 @@ import numpy as np
 import oneflow as flow
 import pytest
 
-from conftest import REFERENCE, REFERENCE_MODELS
+from conftest import REFERENCE, REFERENCE_MODELS, TRAINED_LIKE_MODELS, reference_file
 from oneflow_posmlp.checkpoint import CheckpointError, load_safetensors, load_weights
-from oneflow_posmlp.checkpoint.convert import convert_torch_to_oneflow, export_oneflow_to_safetensors, verify
+from oneflow_posmlp.checkpoint.convert import (VerificationError, convert_torch_to_oneflow,
+                                               export_oneflow_to_safetensors, verify)
 from oneflow_posmlp.checkpoint.oneflow_io import load_meta, load_oneflow_weights
 from oneflow_posmlp.models import build_model, create_model
 
@@ -30,18 +32,26 @@ def run_tool(*args):
     return res
 
 
-CASES = [(f"{n}.pth.tar", n, ema) for n in REFERENCE_MODELS for ema in (False, True)] + [
-    ("tiny_gqpe_legacy.pth", "tiny_gqpe", False), ("tiny_gqpe.safetensors", "tiny_gqpe", False)]
+def verified(model, name):
+    """verify() against reference ``name``: both outputs checked and within the tolerance (it raises otherwise)."""
+    checks = verify(model, reference_file(name, "npz"))
+    assert [c.name for c in checks] == ["logits_eval", "features_eval"] and all(c.ok for c in checks)
+    return checks
 
 
-@pytest.mark.parametrize("src,name,ema", CASES)
+CASES = [(reference_file(n, "pth.tar"), n, ema) for n in REFERENCE_MODELS + TRAINED_LIKE_MODELS
+         for ema in (False, True)] + [
+    (REFERENCE / "tiny_gqpe_legacy.pth", "tiny_gqpe", False), (REFERENCE / "tiny_gqpe.safetensors", "tiny_gqpe", False)]
+
+
+@pytest.mark.parametrize("src,name,ema", CASES, ids=lambda v: getattr(v, "name", str(v)))
 def test_every_reference_file_converts_and_verifies(tmp_path, src, name, ema):
-    meta_json = json.loads((REFERENCE / f"{name}.json").read_text())
+    meta_json = json.loads(reference_file(name, "json").read_text())
     dst = tmp_path / "out.safetensors"
     # safetensors and the legacy file carry no args: the architecture comes from the model config
-    cfg = None if src.endswith(".pth.tar") else meta_json["config"]["model"]
-    model, meta = convert_torch_to_oneflow(REFERENCE / src, dst, cfg, "test config", ema=ema, log=quiet)
-    assert verify(model, REFERENCE / f"{name}.npz") <= 1e-4
+    cfg = None if src.name.endswith(".pth.tar") else meta_json["config"]["model"]
+    model, meta = convert_torch_to_oneflow(src, dst, cfg, "test config", ema=ema, log=quiet)
+    verified(model, name)
     # the written file loads strictly into a fresh model and gives the same logits; the header holds the metadata
     arrays, header = load_weights(dst)
     assert header["format"] == "pt" and header["weights"] == ("state_dict_ema" if ema else meta["weights"])
@@ -49,7 +59,7 @@ def test_every_reference_file_converts_and_verifies(tmp_path, src, name, ema):
     assert len(header["source_sha256"]) == 64 and header["model"]["embed_dims"] == [16, 32, 64, 128]
     fresh = build_model(header["model"])
     fresh.load_state_dict({k: flow.tensor(v) for k, v in arrays.items()}, strict=True)
-    assert verify(fresh, REFERENCE / f"{name}.npz") <= 1e-4
+    verified(fresh, name)
 
 
 def test_oneflow_directory_on_request_loads_like_the_previous_version(tmp_path):
@@ -60,7 +70,7 @@ def test_oneflow_directory_on_request_loads_like_the_previous_version(tmp_path):
     assert (tmp_path / "of" / "pickled_data").is_file() and load_meta(tmp_path / "of")["model"] == meta["model"]
     fresh = build_model(meta["model"])
     fresh.load_state_dict(load_oneflow_weights(tmp_path / "of"), strict=True)
-    assert verify(fresh, REFERENCE / "tiny_gqpe.npz") <= 1e-4
+    verified(fresh, "tiny_gqpe")
     arrays, header = load_weights(tmp_path / "of")
     assert header["source_sha256"] == meta["source_sha256"] and set(arrays) == set(model.state_dict())
 
@@ -70,7 +80,7 @@ def test_create_model_with_weights(tmp_path):
     convert_torch_to_oneflow(REFERENCE / "tiny_gqpe.pth.tar", tmp_path / "w.safetensors", log=quiet)
     over = {k: v for k, v in cfg.items() if k != "name"}
     model = create_model("posmlp_t", weights=tmp_path / "w.safetensors", **over)
-    assert verify(model, REFERENCE / "tiny_gqpe.npz") <= 1e-4
+    verified(model, "tiny_gqpe")
     assert model.weights_meta["model"]["embed_dims"] == [16, 32, 64, 128]
     with pytest.raises(CheckpointError, match="shape mismatch: patch_embed.projs.0.weight"):
         create_model("posmlp_t", weights=tmp_path / "w.safetensors")
@@ -125,20 +135,64 @@ def test_head_mismatch_needs_the_flag(tmp_path):
     assert tuple(model.head.weight.shape) == (3, 128)
 
 
+def verify_lines(stdout):
+    """``{output: (max abs diff, allowed)}`` from the tool's ``verify NAME: max abs diff D (allowed A = ...)`` lines."""
+    found = re.findall(r"^verify (\w+): max abs diff (\S+) \(allowed (\S+) = ", stdout, re.M)
+    return {name: (float(diff), float(allowed)) for name, diff, allowed in found}
+
+
 def test_cli_converts_and_verifies(tmp_path):
-    res = run_tool("--src", REFERENCE / "tiny_gqpe.pth.tar", "--dst", tmp_path / "out", "--ema",
-                   "--verify", REFERENCE / "tiny_gqpe.npz")
+    res = run_tool("--src", reference_file("tl_gqpe", "pth.tar"), "--dst", tmp_path / "out", "--ema",
+                   "--verify", reference_file("tl_gqpe", "npz"))
     assert res.returncode == 0, res.stderr
-    diff = float(res.stdout.split("max abs diff:")[1].split()[0])
-    assert diff <= 1e-4
+    lines = verify_lines(res.stdout)
+    assert set(lines) == {"logits_eval", "features_eval"}, res.stdout
+    for diff, allowed in lines.values():
+        assert diff <= allowed
+    # the allowance scales with the output: 1e-4 x max|ref| + 1e-6 (the features reach 7.7, the logits 0.50)
+    assert lines["features_eval"][1] == pytest.approx(1e-4 * 7.717 + 1e-6, rel=1e-3)
+    assert lines["logits_eval"][1] == pytest.approx(1e-4 * 0.4983 + 1e-6, rel=1e-3)
     assert "architecture from the checkpoint's args.model_hyper" in res.stdout
 
 
-def test_cli_verify_fails_above_tolerance(tmp_path):
-    # the tiny_lrpe weights checked against tiny_gqpe's logits: same shapes, different network
+def test_cli_verify_fails_above_tolerance_naming_the_output(tmp_path):
+    # the tiny_lrpe weights checked against tiny_gqpe's outputs: same shapes, different network
     res = run_tool("--src", REFERENCE / "tiny_lrpe.pth.tar", "--dst", tmp_path / "out",
                    "--verify", REFERENCE / "tiny_gqpe.npz")
-    assert res.returncode == 1 and "exceeds the tolerance" in res.stderr
+    assert res.returncode == 1 and res.last_err.startswith(f"error: --verify {REFERENCE / 'tiny_gqpe.npz'}: the "
+                                                           "converted model differs from the reference: logits_eval by ")
+    assert "features_eval by " in res.last_err and "above the allowed" in res.last_err
+    assert all(diff > allowed for diff, allowed in verify_lines(res.stdout).values()) and verify_lines(res.stdout)
+    # a looser tolerance (as an absolute floor) passes the same pair: the limit is what the options say
+    loose = run_tool("--src", REFERENCE / "tiny_lrpe.pth.tar", "--dst", tmp_path / "out2", "--verify",
+                     REFERENCE / "tiny_gqpe.npz", "--atol", "100")
+    assert loose.returncode == 0, loose.stderr
+
+
+def test_verify_scales_with_the_outputs_and_names_what_failed(tmp_path):
+    """The allowance is rtol x max|ref| + atol per output: a copy of the reference's outputs scaled by 10 needs a
+    10x larger allowance; an output the npz does not hold is not checked; NaN fails."""
+    model, _ = convert_torch_to_oneflow(reference_file("tl_lrpe", "pth.tar"), tmp_path / "w", log=quiet)
+    ref = dict(np.load(reference_file("tl_lrpe", "npz")))
+    checks = verified(model, "tl_lrpe")
+    for scale in (10.0, 0.1):
+        np.savez(tmp_path / "scaled.npz", input=ref["input"], logits_eval=ref["logits_eval"] * scale)
+        with pytest.raises(VerificationError, match=r"logits_eval by \S+ \(max abs\), above the allowed") as err:
+            verify(model, tmp_path / "scaled.npz")
+        assert [c.name for c in err.value.checks] == ["logits_eval"]  # features_eval not in that npz: not checked
+        got = err.value.checks[0]
+        assert got.allowed == pytest.approx(1e-4 * abs(scale) * np.abs(ref["logits_eval"]).max() + 1e-6)
+    np.savez(tmp_path / "shifted.npz", input=ref["input"], logits_eval=ref["logits_eval"],
+             features_eval=ref["features_eval"] + 2 * checks[1].allowed)
+    with pytest.raises(VerificationError) as err:
+        verify(model, tmp_path / "shifted.npz")
+    assert "features_eval by" in str(err.value) and "logits_eval by" not in str(err.value)
+    np.savez(tmp_path / "nan.npz", input=ref["input"], logits_eval=np.full_like(ref["logits_eval"], np.nan))
+    with pytest.raises(VerificationError, match="logits_eval by nan"):
+        verify(model, tmp_path / "nan.npz")
+    np.savez(tmp_path / "no_logits.npz", input=ref["input"])
+    with pytest.raises(CheckpointError, match="needs an npz with 'input' and 'logits_eval'"):
+        verify(model, tmp_path / "no_logits.npz")
 
 
 def test_cli_refuses_hostile_checkpoint_without_running_it(tmp_path):

@@ -45,7 +45,20 @@ def _generate(root, queue):
         queue.put(repr(err))
 
 
-def test_ranks_generating_at_once_agree(tmp_path):
+def _tree(root):
+    """``{relative path: file bytes}`` of every file under ``root``."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(folder, f)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = fh.read()
+    return out
+
+
+def test_ranks_generating_at_once_agree(tmp_path, tmp_path_factory):
+    """Three processes generating the same set into one folder at once all succeed and leave exactly the set one
+    process generates alone: the same files, byte for byte (one writer won; nothing mixed or half-written)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
@@ -58,7 +71,12 @@ def test_ranks_generating_at_once_agree(tmp_path):
         p.join(60)
     assert sorted(queue.get(timeout=5) for _ in procs) == ["ok"] * 3
     assert sorted(os.listdir(tmp_path)) == ["shared"]  # no temporary folder left behind
-    assert len(os.listdir(os.path.join(root, "train", "cross"))) == 20
+    alone = tmp_path_factory.mktemp("alone") / "d"
+    ensure_demo_dataset(alone, train_per_class=20, val_per_class=5, log=lambda *_: None)
+    shared, expected = _tree(root), _tree(alone)
+    assert len([k for k in expected if k.endswith(".jpg")]) == len(CLASSES) * 25
+    assert sorted(shared) == sorted(expected)
+    assert [k for k in expected if shared[k] != expected[k]] == []
 
 
 def test_killed_generation_is_redone_and_its_leftovers_removed(tmp_path):

@@ -28,3 +28,34 @@ def test_csv_has_official_columns_and_resume_drops_later_epochs(tmp_path):
         rows = list(csv.DictReader(f))
     assert tuple(rows[0].keys()) == CSV_COLUMNS
     assert [r["epoch"] for r in rows] == ["0", "1"]
+
+
+def test_an_error_line_goes_to_the_named_log_first_and_is_appended_to_an_open_one(tmp_path):
+    import re
+
+    from oneflow_posmlp.engine import logger
+
+    logger.forget_log()
+    assert logger.log_error("error: nowhere to go") is None  # no log named yet: nothing written
+    assert logger.launched_rank() == 0  # one process (OneFlow's import sets RANK=-1 then)
+    logger.expect_log(tmp_path / "run")  # names the file; creates nothing
+    logger.expect_log(tmp_path / "run", 3)
+    assert logger.log_error("error: a new run's bad input") is None and not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()  # an output directory that exists gets the rank's log with the error
+    path = logger.log_error("error: dist layout does not fit")
+    assert path == str(tmp_path / "run" / "log_rank3.txt")
+    lines = open(path).read().splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"\d\d:\d\d:\d\d \[rank 3\] error: dist layout does not fit", lines[0])
+    # once the run's log is open, the error line follows what it logged, in its format
+    log = logger.setup_logging(str(tmp_path / "other"), 1)
+    log.info("model custom: 88,253 parameters")
+    logger.log_error("error: data folder x does not exist")
+    lines = open(tmp_path / "other" / "log_rank1.txt").read().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == ["model custom: 88,253 parameters",
+                                                         "error: data folder x does not exist"]
+    logger.forget_log()  # the next tool in this process: the previous run's log is not its log
+    assert logger.log_error("error: later") is None
+    assert "later" not in open(tmp_path / "other" / "log_rank1.txt").read()
+    for h in log.handlers:
+        h.close()
+    log.handlers.clear()

@@ -141,3 +141,27 @@ def test_official_configs_step_per_epoch_and_the_default_per_update():
         assert load_config(f"configs/{name}.yaml")["train"]["schedule_unit"] == "epoch", name
     assert load_config()["train"]["schedule_unit"] == "update"
     assert load_config("configs/demo.yaml")["train"]["schedule_unit"] == "update"
+
+
+def test_a_one_epoch_schedule_does_not_print_flowvisions_no_effect_notice(caplog):
+    """flowvision's CosineLRScheduler warns "will have no effect ... t_initial = t_mul = eta_mul = 1" for every
+    one-epoch (per-epoch) or one-update run; building our schedules drops that notice and nothing else."""
+    import logging
+
+    from flowvision.scheduler import CosineLRScheduler
+
+    from oneflow_posmlp.engine.schedule import NO_EFFECT_NOTICE, _without_no_effect_notice
+
+    opt = flow.optim.AdamW([flow.nn.Parameter(flow.zeros(2))], lr=LR)
+    with caplog.at_level(logging.WARNING):
+        CosineLRScheduler(opt, t_initial=1)  # flowvision itself: the notice is there to be dropped
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith(NO_EFFECT_NOTICE)], caplog.records
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for unit, kind in (("epoch", "timm"), ("update", "timm"), ("update", "oneflow")):  # 1 epoch of 1 update
+            build_scheduler(opt, dict(TRAIN, epochs=1, warmup_epochs=0, schedule_unit=unit, scheduler=kind), LR, 1)
+        with _without_no_effect_notice():  # the same logger's other messages pass
+            logging.getLogger(CosineLRScheduler.__module__).warning("another notice")
+        logging.getLogger(CosineLRScheduler.__module__).warning(NO_EFFECT_NOTICE + " (outside: not ours to drop)")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["another notice", NO_EFFECT_NOTICE + " (outside: not ours to drop)"], messages

@@ -198,19 +198,62 @@ def export_oneflow_to_safetensors(src, dst, ema=False, log=print):
     log(f"wrote {dst} ({len(arrays)} tensors, safetensors)")
 
 
-def verify(model, reference_npz, tolerance=1e-4):
-    """Eval-mode logits on the npz's ``input`` vs its ``logits_eval``: returns the max abs difference."""
+# --verify: the outputs a reference npz may hold (``logits_eval`` is required), and the model output each one is
+VERIFY_OUTPUTS = ("logits_eval", "features_eval")
+VERIFY_RTOL, VERIFY_ATOL = 1e-4, 1e-6
+
+
+class OutputCheck(collections.namedtuple("OutputCheck", "name max_diff max_ref allowed rtol atol")):
+    """One output compared by :func:`verify`: ``max|ours - ref|`` and its allowance ``rtol * max|ref| + atol``."""
+
+    @property
+    def ok(self):
+        return bool(self.max_diff <= self.allowed)  # False for NaN
+
+    def __str__(self):
+        return (f"{self.name}: max abs diff {self.max_diff:.3e} (allowed {self.allowed:.3e} = {self.rtol:g} x "
+                f"max|ref| {self.max_ref:.3g} + {self.atol:g})")
+
+
+class VerificationError(CheckpointError):
+    """The converted model's outputs differ from the reference's; ``checks`` holds every :class:`OutputCheck`."""
+
+    def __init__(self, message, checks):
+        super().__init__(message)
+        self.checks = checks
+
+
+def verify(model, reference_npz, rtol=VERIFY_RTOL, atol=VERIFY_ATOL):
+    """Compare ``model`` in eval mode on the npz's ``input`` with every output the npz holds: ``logits_eval``
+    (required) and ``features_eval`` (``forward_features``, when present), each within ``rtol * max|ref| + atol``
+    (the tolerance scales with the outputs; ``atol`` is a floor for outputs near zero).
+
+    Returns the list of :class:`OutputCheck`. Raises :class:`VerificationError` naming every output outside its
+    tolerance and by how much (NaN outputs fail), :class:`CheckpointError` for an unusable npz."""
     import oneflow as flow
 
     try:
         ref = np.load(reference_npz)
-        x, expected = ref["input"], ref["logits_eval"]
+        x, expected = ref["input"], {k: ref[k] for k in VERIFY_OUTPUTS if k in ref.files or k == "logits_eval"}
     except (OSError, KeyError, ValueError) as err:
         raise CheckpointError(f"--verify {reference_npz}: needs an npz with 'input' and 'logits_eval' ({err})") \
             from None
     model.eval()
     with flow.no_grad():
-        out = model(flow.tensor(x)).numpy()
-    if out.shape != expected.shape:
-        raise CheckpointError(f"--verify: model gives logits {out.shape}, reference has {expected.shape}")
-    return float(np.abs(out - expected).max())
+        feats = model.forward_features(flow.tensor(x))
+        got = {"logits_eval": model.forward_head(feats).numpy(), "features_eval": feats.numpy()}
+    checks = []
+    for name, want in expected.items():
+        if got[name].shape != want.shape:
+            raise CheckpointError(f"--verify {reference_npz}: the model gives {name} of shape {got[name].shape}, "
+                                  f"the reference holds {want.shape}")
+        max_ref = float(np.abs(want).max())
+        checks.append(OutputCheck(name, float(np.abs(got[name] - want).max()), max_ref, rtol * max_ref + atol,
+                                  rtol, atol))
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise VerificationError(f"--verify {reference_npz}: the converted model differs from the reference: "
+                                + "; ".join(f"{c.name} by {c.max_diff:.3e} (max abs), above the allowed {c.allowed:.3e} "
+                                            f"= {c.rtol:g} x max|ref| {c.max_ref:.3g} + {c.atol:g}" for c in failed),
+                                checks)
+    return checks

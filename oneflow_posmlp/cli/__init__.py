@@ -27,18 +27,28 @@ def add_verbose(parser):
 def run(main, verbose=False):
     """Call ``main()`` after importing OneFlow (its CPU start-up noise hidden unless ``verbose`` or
     ``POSMLP_VERBOSE=1``); user errors (bad config, data, checkpoint, layout, export) become one ``error: ...``
-    line and exit 2. Anything else is a bug and keeps its traceback."""
+    line and exit 2. Anything else is a bug and keeps its traceback.
+
+    The error line is written first to this rank's log file (``log_rank{rank}.txt``) when the tool named one
+    (``engine.logger.expect_log``: ``posmlp-train`` does once the config names the output directory) and its
+    directory exists (``engine.logger.log_error``), then to
+    stderr: under ``oneflow.distributed.launch`` the launcher ends every rank as soon as one exits and then prints
+    its own ``CalledProcessError`` traceback (docs/parallel.md), so each rank's log says why the job stopped."""
     if verbose:
         _env.set_verbose()
     _env.import_oneflow_quietly()
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..data import DataError
+    from ..engine.logger import forget_log, log_error
     from ..export.onnx import ExportError
     from ..parallel import LayoutError
 
+    forget_log()
     try:
         return main()
     except (ConfigError, DataError, CheckpointError, LayoutError, ExportError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        line = f"error: {err}"
+        log_error(line)
+        print(line, file=sys.stderr, flush=True)
         return 2

@@ -1,7 +1,8 @@
 """Convert official PosMLP PyTorch checkpoints to OneFlow weights (no PyTorch needed; nothing in the file runs).
 
     posmlp-convert --src CKPT --dst OUT.safetensors [--model NAME | --config FILE.yaml [--opts key=value ...]]
-        [--ema] [--verify REF.npz] [--dtype float32|float16] [--allow-head-mismatch] [--format oneflow]
+        [--ema] [--verify REF.npz [--rtol R] [--atol A]] [--dtype float32|float16] [--allow-head-mismatch]
+        [--format oneflow]
     posmlp-convert --src ONEFLOW_DIR --dst OUT.safetensors [--ema]     # the other way
     (or: python tools/convert_torch_weights.py ...)
 
@@ -20,6 +21,7 @@ from . import add_verbose, run
 
 
 def main(argv=None):
+    from ..checkpoint.convert import VERIFY_ATOL, VERIFY_RTOL  # (numpy, no OneFlow: --help stays quick)
     from ..config.model import list_models  # no OneFlow: the registry for --help
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -34,8 +36,13 @@ def main(argv=None):
                    help="dotted overrides of --config, e.g. model.num_classes=10")
     p.add_argument("--num-classes", type=int, help="override model.num_classes (with --allow-head-mismatch)")
     p.add_argument("--ema", action="store_true", help="take state_dict_ema instead of state_dict")
-    p.add_argument("--verify", metavar="REF.npz", help="compare eval logits on the npz's input with its logits_eval")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff accepted by --verify (1e-4)")
+    p.add_argument("--verify", metavar="REF.npz",
+                   help="run the converted model in eval mode on the npz's input and compare the outputs it holds "
+                        "(logits_eval; features_eval when present)")
+    p.add_argument("--rtol", "--tolerance", type=float, default=VERIFY_RTOL,
+                   help=f"--verify accepts max|ours - ref| <= rtol x max|ref| + atol, per output ({VERIFY_RTOL:g})")
+    p.add_argument("--atol", type=float, default=VERIFY_ATOL,
+                   help=f"absolute floor of the --verify tolerance ({VERIFY_ATOL:g})")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     p.add_argument("--format", choices=("safetensors", "oneflow"), default="safetensors",
                    help="output: a safetensors file (default; safe to share) or a OneFlow flow.save directory")
@@ -49,7 +56,7 @@ def main(argv=None):
         p.error("--num-classes needs --model or --config")
 
     def go():
-        from ..checkpoint.convert import convert_torch_to_oneflow, export_oneflow_to_safetensors, verify
+        from ..checkpoint.convert import VerificationError, convert_torch_to_oneflow, export_oneflow_to_safetensors, verify
         from ..checkpoint.oneflow_io import is_oneflow_checkpoint
 
         try:
@@ -64,11 +71,15 @@ def main(argv=None):
             print(f"error: {err}", file=sys.stderr)
             return 2
         if args.verify:
-            diff = verify(model, args.verify, args.tolerance)
-            print(f"max abs diff: {diff:.3e}")
-            if not diff <= args.tolerance:
-                print(f"error: max abs diff {diff:.3e} exceeds the tolerance {args.tolerance:g}", file=sys.stderr)
+            try:
+                checks = verify(model, args.verify, args.rtol, args.atol)
+            except VerificationError as err:
+                for check in err.checks:
+                    print(f"verify {check}")
+                print(f"error: {err}", file=sys.stderr)
                 return 1
+            for check in checks:
+                print(f"verify {check}")
         return 0
 
     return run(go, verbose=args.verbose)

@@ -21,8 +21,12 @@ def main(argv=None):
     def go():
         from ..config import load_config
         from ..engine import Trainer
+        from ..engine.logger import expect_log
 
+        if args.output:
+            expect_log(args.output)  # an error from here on is also written to this rank's log (cli.run)
         cfg = load_config(args.config, args.opts)
+        expect_log(args.output or cfg["output"]["dir"])
         Trainer(cfg, output_dir=args.output, resume=args.resume, init=args.init).fit()
         return 0
 

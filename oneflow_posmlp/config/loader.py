@@ -5,12 +5,30 @@ docs/configuration.md); every key is checked by ``validate.py``, the model secti
 is a :class:`ConfigError` naming the key, the value and the fix.
 """
 import copy
+import re
 
 import yaml
 
 from .model import resolve_model_config
 from .schema import DEFAULTS, MODEL_DEFAULTS
 from .validate import ConfigError, check_known, check_value
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus the floats of YAML 1.2 that YAML 1.1 (PyYAML) reads as strings: an exponent
+    without a dot or without a sign (``1e-3``, ``5e-4``, ``3e5``, ``1.0e6``, ``-2E-4``). Integers stay integers
+    and anything else resolves as before."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(stream):
+    """``yaml.safe_load`` with :class:`ConfigLoader`'s numbers (config files and ``--opts`` values)."""
+    return yaml.load(stream, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _merge(base, override, where):
@@ -39,8 +57,8 @@ def _schema_default(path):
 
 
 def parse_opts(opts):
-    """``["train.lr=0.1", "model.depths=[1,1,1,1]"]`` -> nested dict; values parsed with ``yaml.safe_load``
-    (so ``1e-3``, ``true``, ``null``, ``[1, 2]`` mean what they do in a YAML file; an empty value is null)."""
+    """``["train.lr=0.1", "model.depths=[1,1,1,1]"]`` -> nested dict; values parsed as YAML by :func:`load_yaml`
+    (so ``1e-3``, ``true``, ``null``, ``[1, 2]`` mean what they do in a config file; an empty value is null)."""
     out = {}
     for item in opts or []:
         if "=" not in item:
@@ -50,7 +68,7 @@ def parse_opts(opts):
         if not all(parts):
             raise ConfigError(f"--opts item '{item}': '{path}' is not a dotted key like train.lr")
         try:
-            value = yaml.safe_load(raw) if raw.strip() != "" else None
+            value = load_yaml(raw) if raw.strip() != "" else None
         except yaml.YAMLError as err:
             raise ConfigError(f"--opts {item}: cannot parse the value as YAML ({err}); quote strings") from None
         node = out
@@ -90,7 +108,7 @@ def load_config(path=None, opts=None):
     if path is not None:
         try:
             with open(path) as f:
-                doc = yaml.safe_load(f) or {}
+                doc = load_yaml(f) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file {path} not found; pass -c configs/<name>.yaml "
                               f"(demo, posmlp_t, posmlp_s, posmlp_b)") from None

@@ -9,15 +9,68 @@ CSV_COLUMNS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "em
                "ema_eval_top5")
 
 
+# This rank's log file for error lines (:func:`log_error`): named by the tool before the run opens it
+# (:func:`expect_log`) or by :func:`setup_logging`; cleared when a tool starts (:func:`forget_log`).
+_error_log = {}
+
+
+def log_path(output_dir, rank):
+    return os.path.join(output_dir, f"log_rank{rank}.txt")
+
+
+def _formatter(rank):
+    return logging.Formatter(f"%(asctime)s [rank {rank}] %(message)s", "%H:%M:%S")
+
+
+def launched_rank():
+    """This process's rank (``flow.env.get_rank()``: the launcher's ``RANK``, 0 for one process, where OneFlow's
+    import sets ``RANK=-1``)."""
+    import oneflow as flow
+
+    return flow.env.get_rank()
+
+
+def expect_log(output_dir, rank=None):
+    """Name the log file this run will write (``output_dir/log_rank{rank}.txt``, ``rank`` as launched), so that an
+    error before the run opens it (a layout that does not fit, a bad checkpoint) is written there by
+    :func:`log_error` when ``output_dir`` exists. Creates nothing."""
+    _error_log.update(path=log_path(output_dir, launched_rank() if rank is None else rank),
+                      rank=launched_rank() if rank is None else rank)
+
+
+def forget_log():
+    """No log file named yet (a tool starting: one process may run several tools one after another)."""
+    _error_log.clear()
+
+
+def log_error(line):
+    """Append ``line`` (an ``error: ...`` line) to this rank's log file at once, in the log's format, so that a
+    rank's log shows why it stopped even when the launcher ends the other ranks right after. The file is created
+    if the run had not opened it yet, but only in an output directory that exists: bad input to a new run writes
+    nothing. Returns the file's path, or None when nothing was written (no log named: the error came before the
+    config named the output directory; the directory does not exist; it cannot be written)."""
+    path = _error_log.get("path")
+    if path is None or not os.path.isdir(os.path.dirname(path) or "."):
+        return None
+    record = logging.LogRecord("oneflow_posmlp", logging.ERROR, __file__, 0, line, None, None)
+    try:
+        with open(path, "a") as f:
+            f.write(_formatter(_error_log["rank"]).format(record) + "\n")
+    except OSError:
+        return None
+    return path
+
+
 def setup_logging(output_dir, rank):
     """Every rank logs to ``output_dir/log_rank{rank}.txt``; rank 0 also to the console."""
     logger = logging.getLogger("oneflow_posmlp")
     logger.setLevel(logging.INFO)
     logger.handlers.clear()
     logger.propagate = False
-    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(message)s", "%H:%M:%S")
+    fmt = _formatter(rank)
     os.makedirs(output_dir, exist_ok=True)
-    fh = logging.FileHandler(os.path.join(output_dir, f"log_rank{rank}.txt"))
+    expect_log(output_dir, rank)
+    fh = logging.FileHandler(log_path(output_dir, rank))
     fh.setFormatter(fmt)
     logger.addHandler(fh)
     if rank == 0:

@@ -24,9 +24,41 @@
 Every schedule has ``step_update(num_updates)`` (set the lr of update ``num_updates``, counted from 0) and
 ``native`` (the OneFlow ``LRScheduler`` a graph runs, or ``None``).
 """
+import contextlib
+import logging
+
 import oneflow as flow
 from flowvision.scheduler import CosineLRScheduler
 from oneflow.nn.optimizer.lr_scheduler import LRScheduler
+
+# flowvision's (timm's) CosineLRScheduler warns through its module's logger whenever t_initial is 1, i.e. for every
+# one-epoch run stepped per epoch and every one-update run: "Cosine annealing scheduler will have no effect on
+# the learning rate since t_initial = t_mul = eta_mul = 1." It tells the user nothing (the one epoch runs at
+# the one value the schedule has, as asked), so it is dropped where our schedules are built; the logger's other
+# messages pass.
+NO_EFFECT_NOTICE = "Cosine annealing scheduler will have no effect on the learning rate"
+
+
+class _DropNoEffectNotice(logging.Filter):
+    def filter(self, record):
+        return not str(record.msg).startswith(NO_EFFECT_NOTICE)
+
+
+@contextlib.contextmanager
+def _without_no_effect_notice():
+    """While building a flowvision ``CosineLRScheduler``: its t_initial = 1 notice dropped, nothing else."""
+    logger, drop = logging.getLogger(CosineLRScheduler.__module__), _DropNoEffectNotice()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def cosine_lr_scheduler(optimizer, **kwargs):
+    """flowvision's ``CosineLRScheduler(optimizer, **kwargs)``, without its t_initial = 1 notice."""
+    with _without_no_effect_notice():
+        return CosineLRScheduler(optimizer, **kwargs)
 
 
 class OneFlowCosine:
@@ -98,9 +130,9 @@ def timm_epoch_lrs(train_cfg, lr):
     """The official per-epoch rates: timm's ``CosineLRScheduler(t_initial=epochs, warmup_t=warmup_epochs,
     t_in_epochs=True)`` (flowvision's copy) at epochs ``0 .. epochs - 1``."""
     probe = flow.optim.SGD([flow.nn.Parameter(flow.zeros(1))], lr=lr)  # the timm scheduler writes to its optimizer
-    timm = CosineLRScheduler(probe, t_initial=train_cfg["epochs"], lr_min=train_cfg["min_lr"],
-                             warmup_t=train_cfg["warmup_epochs"], warmup_lr_init=train_cfg["warmup_lr"],
-                             t_in_epochs=True, cycle_limit=1)
+    timm = cosine_lr_scheduler(probe, t_initial=train_cfg["epochs"], lr_min=train_cfg["min_lr"],
+                               warmup_t=train_cfg["warmup_epochs"], warmup_lr_init=train_cfg["warmup_lr"],
+                               t_in_epochs=True, cycle_limit=1)
     return [timm.get_epoch_values(e)[0] for e in range(train_cfg["epochs"])]
 
 
@@ -123,7 +155,7 @@ def build_scheduler(optimizer, train_cfg, lr, updates_per_epoch):
     warmup = int(round(train_cfg["warmup_epochs"] * updates_per_epoch))
     if kind == "oneflow":
         return OneFlowCosine(optimizer, total, warmup, lr, train_cfg["warmup_lr"], train_cfg["min_lr"])
-    timm = CosineLRScheduler(optimizer, t_initial=total, lr_min=train_cfg["min_lr"], warmup_t=warmup,
-                             warmup_lr_init=train_cfg["warmup_lr"], t_in_epochs=False, cycle_limit=1)
+    timm = cosine_lr_scheduler(optimizer, t_initial=total, lr_min=train_cfg["min_lr"], warmup_t=warmup,
+                               warmup_lr_init=train_cfg["warmup_lr"], t_in_epochs=False, cycle_limit=1)
     timm.native = None
     return timm

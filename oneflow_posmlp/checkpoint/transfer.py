@@ -128,7 +128,9 @@ def _window_of_table(shape):
     return (side + 1) // 2 if side and side % 2 == 1 else None
 
 
-# kind -> (key suffix pattern, window from the shape, action, transform(array, target window), how, one-line note)
+# A kind of window-dependent key: its name in the log, the pattern of the key after "gate_unit.", the window of a
+# shape (None: not the expected layout, left for load_into_model to report), rebuilt/resized, apply(array, new
+# window), and how (for the log line).
 Kind = collections.namedtuple("Kind", "name pattern window action apply how")
 KINDS = (
     Kind("rel_indices", re.compile(r"^pos\.rel_indices$"),

@@ -111,6 +111,7 @@ def load_into_model(model, state, allow_head_mismatch=False):
     if problems:
         hint = "" if allow_head_mismatch or not any(p.split(": ", 1)[-1].startswith(HEAD_PREFIX) for p in problems) \
             else "; to fine-tune with another classifier pass --allow-head-mismatch"
+        hint += _windows_hint(model, state)
         raise CheckpointError(f"the checkpoint does not fit the model ({len(problems)} problems{hint}):\n  "
                               + "\n  ".join(problems))
     with flow.no_grad():
@@ -123,6 +124,19 @@ def load_into_model(model, state, allow_head_mismatch=False):
             tensor.copy_(src)
             del value, src
     return dropped
+
+
+def _windows_hint(model, state):
+    """Where the weights' windows differ from the model's: the loaders that carry them over (``transfer.py``)."""
+    from .transfer import weights_windows
+
+    have = weights_windows(state)
+    want = list(getattr(model, "config", {}).get("win_size", []))
+    if not have or all(have.get(i, w) == w for i, w in enumerate(want)):
+        return ""
+    return (f"; the weights have windows {[have.get(i) for i in range(len(want))]}, the model {want}: "
+            f"create_model(weights=), train --init and eval/predict/export --weights carry weights over to other "
+            f"windows (docs/model.md, 'Fine-tune at another resolution')")
 
 
 def convert_torch_to_oneflow(src, dst, model_cfg=None, model_source=None, ema=False, allow_head_mismatch=False,

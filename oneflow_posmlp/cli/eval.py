@@ -4,12 +4,22 @@
     posmlp-eval -c configs/posmlp_t.yaml --weights posmlp_t.safetensors        (or: python tools/eval.py ...)
 
 WEIGHTS: a safetensors file (posmlp-convert) or a training checkpoint directory (read by a restricted reader:
-nothing in it runs). Only the validation split (``data.root/data.val_split``) is read.
+nothing in it runs); weights of other windows than the config's model are carried over
+(``oneflow_posmlp.checkpoint.transfer``, one stderr line per kind of change). Only the validation split
+(``data.root/data.val_split``) is read.
 """
 import json
 import sys
 
 from . import config_parser, run
+
+
+def note(line):
+    """A log line on stderr (stdout holds the JSON result), from rank 0 only."""
+    import oneflow as flow
+
+    if flow.env.get_rank() == 0:
+        print(line, file=sys.stderr)
 
 
 def main(argv=None):
@@ -20,11 +30,14 @@ def main(argv=None):
 
     def go():
         from ..checkpoint import load_weights
+        from ..checkpoint.transfer import transfer_windows
         from ..config import load_config
         from ..engine import evaluate_weights
 
         cfg = load_config(args.config, args.opts)
         weights, _ = load_weights(args.weights, ema=args.ema)
+        # weights of other windows (trained at another resolution) are carried over, each change on stderr
+        weights, _ = transfer_windows(weights, cfg["model"]["win_size"], log=note)
         res, ctx = evaluate_weights(cfg, weights)  # the model, its layout and the validation split: no training data
         if ctx.is_main:
             print(json.dumps({"top1": round(res["top1"], 3), "top5": round(res["top5"], 3),

@@ -27,6 +27,7 @@ def main(argv=None):
     def go():
         from ..checkpoint import load_weights
         from ..checkpoint.convert import load_into_model
+        from ..checkpoint.transfer import load_transferred
         from ..config import load_config
         from ..export.onnx import OnnxUnavailable, export_onnx, import_oneflow_onnx
         from ..models import build_model
@@ -40,7 +41,7 @@ def main(argv=None):
         model = build_model(cfg["model"])
         if args.weights:
             weights, _ = load_weights(args.weights, ema=args.ema)  # nothing in the file runs
-            load_into_model(model, weights)
+            load_transferred(model, weights, log=lambda line: print(line, file=sys.stderr))  # other windows
         if args.features_only:
             backbone = build_model(cfg["model"], features_only=True)
             state = {k: v.numpy() for k, v in model.state_dict().items() if k in backbone.state_dict()}

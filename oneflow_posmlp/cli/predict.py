@@ -25,7 +25,7 @@ def main(argv=None):
 
     def go():
         from ..checkpoint import load_weights
-        from ..checkpoint.convert import load_into_model
+        from ..checkpoint.transfer import load_transferred
         from ..config import load_config
         from ..data import create_eval_transform, resolve_data_config
         from ..models import build_model
@@ -35,7 +35,7 @@ def main(argv=None):
         files, errors = collect_images(args.paths)
         model = build_model(cfg["model"])
         weights, meta = load_weights(args.weights, ema=args.ema)  # nothing in the file runs
-        load_into_model(model, weights)
+        load_transferred(model, weights, log=lambda line: print(line, file=sys.stderr))  # other windows
         names = check_names(class_names(meta, args.labels), model.num_classes)
         transform = create_eval_transform(resolve_data_config(model.default_cfg, cfg["aug"]))
         results = [{"path": path, "error": reason} for path, reason in errors]

@@ -14,7 +14,7 @@ import numpy as np
 import oneflow as flow
 
 from ..checkpoint import CheckpointError
-from ..checkpoint.convert import load_into_model
+from ..checkpoint.transfer import load_transferred
 from ..checkpoint.weights import load_weights
 from ..config import dump_config
 from ..data import build_datasets, build_mixup, build_train_criterion, build_train_loader, build_val_loader
@@ -115,7 +115,8 @@ class Trainer:
         return resume
 
     def _load_init(self, arrays, path):
-        dropped = load_into_model(self.model, arrays, allow_head_mismatch=True)
+        # weights of other windows (another resolution) are carried over, each kind of change logged
+        dropped, _ = load_transferred(self.model, arrays, allow_head_mismatch=True, log=self.log.info)
         self.log.info(f"initialised from {path}" + (f" (kept a fresh classifier: {', '.join(dropped)})" if dropped else ""))
 
     def _restore(self, state, path):

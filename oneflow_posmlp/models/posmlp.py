@@ -175,17 +175,20 @@ def create_model(name, weights=None, **overrides):
     ``weights``: a ``.safetensors`` file of ``tools/convert_torch_weights.py`` (or a training checkpoint
     directory, read safely) loaded strictly; every missing, unexpected or mismatched key is an error. With a
     ``num_classes`` override the classifier may differ: it is then left freshly initialised (fine-tuning); a
-    ``features_only`` backbone takes the weights of a classifier, less its final norm and head.
+    ``features_only`` backbone takes the weights of a classifier, less its final norm and head. Weights of other
+    windows (e.g. ``posmlp_t``'s 14-14-14-7 into ``posmlp_t_384``'s 12-12-12-12) are carried over
+    (:mod:`oneflow_posmlp.checkpoint.transfer`: window buffers rebuilt, positional tables resized bicubically,
+    each kind logged at WARNING; the report is ``model.weights_transfer``).
     The weights' metadata (``model``, ``classes``, ...) are kept as ``model.weights_meta``.
     """
     model = build_model({"name": name}, **overrides)
     if weights is not None:
-        from ..checkpoint.convert import load_into_model
+        from ..checkpoint.transfer import load_transferred
         from ..checkpoint.weights import load_weights
 
         arrays, meta = load_weights(weights)
         if model.features_only:  # a backbone keeps neither the final norm nor the classifier
             arrays = {k: v for k, v in arrays.items() if not k.startswith(("norm.", "head."))}
-        load_into_model(model, arrays, allow_head_mismatch="num_classes" in overrides)
+        load_transferred(model, arrays, allow_head_mismatch="num_classes" in overrides)
         model.weights_meta = meta
     return model

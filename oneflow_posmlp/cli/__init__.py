@@ -5,7 +5,7 @@ and run by the thin ``tools/*.py``; and their shared plumbing here: config loadi
 import argparse
 import sys
 
-from .. import _env
+from .. import _env, slurm
 
 
 def config_parser(description, **kwargs):
@@ -27,9 +27,15 @@ def add_verbose(parser):
 def run(main, verbose=False):
     """Call ``main()`` after importing OneFlow (its CPU start-up noise hidden unless ``verbose`` or
     ``POSMLP_VERBOSE=1``); user errors (bad config, data, checkpoint, layout, export) become one ``error: ...``
-    line and exit 2. Anything else is a bug and keeps its traceback."""
+    line and exit 2. Anything else is a bug and keeps its traceback. Started by ``srun`` without a launcher,
+    the ranks come from SLURM's variables (``oneflow_posmlp/slurm.py``, before OneFlow is imported)."""
     if verbose:
         _env.set_verbose()
+    try:
+        slurm.apply_slurm_env()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     _env.import_oneflow_quietly()
     from ..checkpoint import CheckpointError
     from ..config import ConfigError

@@ -4,7 +4,8 @@
   ``keep``: this rank's drop-path keep masks ``(b, blocks)`` or None; ``seed_step``: ``(seed, update, micro)``
   of :mod:`~oneflow_posmlp.engine.randomness`); returns None until the update's last micro-batch, then the
   update's result (the optimizer has stepped, unless the result is not ``finite``: a non-finite loss or
-  gradient norm is never applied, in either mode; weights, AdamW moments and step count stay as they were).
+  gradient norm is never applied, in either mode; weights, AdamW moments, step count and the buffers the
+  forward passes updated (BatchNorm statistics, :class:`BufferSnapshot`) stay as they were).
 * ``discard()``: drop the micro-batches of an unfinished update (the end of an epoch).
 * ``state_dict()`` / ``load_state_dict(state)``: ``{"optimizer": eager-format optimizer state, "scaler": ...}``,
   one format for both modes, so a checkpoint of one mode resumes in the other (``load_state_dict`` takes the
@@ -40,6 +41,27 @@ accumulation, or an AMP overflow), ``finite``: the loss and the gradients were f
 The loss and the norm are values of global tensors: every rank reads the same number."""
 
 
+class BufferSnapshot:
+    """The model's buffers (BatchNorm running statistics and counters) as they were before an update: the forward
+    passes of an update found non-finite must not leave their statistics behind. Local copies (each rank its
+    own); buffers are small (a few values per channel of each BatchNorm)."""
+
+    def __init__(self, model):
+        self.buffers = list(model.buffers())
+        self.saved = None
+
+    def take(self):
+        self.saved = [_local(b).clone() for b in self.buffers]
+
+    def restore(self):
+        for b, saved in zip(self.buffers, self.saved):
+            _local(b).copy_(saved)
+
+
+def _local(t):
+    return t.to_local() if t.is_global else t
+
+
 class EagerStep:
     """Forward and backward per micro-batch (the loss scaled by ``1 / accum``), then unscale, clip (by one
     global norm or per parameter group, ``clip_scope``), step and zero the gradients."""
@@ -50,6 +72,7 @@ class EagerStep:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.drop_paths = drop_path_modules(model)
         self.scaler = DynamicLossScaler(enabled=amp)
+        self.buffers = BufferSnapshot(model)
         self._losses = []
 
     @property
@@ -58,6 +81,8 @@ class EagerStep:
 
     def run(self, x, y, keep, seed_step):
         ctx = self.ctx
+        if not self._losses:  # the update's first micro-batch
+            self.buffers.take()
         seed_oneflow(*seed_step)
         x, y = ctx.to_global_batch(x, y)
         set_drop_path_keep(self.drop_paths, None if keep is None else ctx.to_global_batch(keep))
@@ -77,6 +102,8 @@ class EagerStep:
             finite = finite and (self.amp or math.isfinite(grad_norm))
             if finite:
                 self.optimizer.step()
+        if not finite:
+            self.buffers.restore()
         self.optimizer.zero_grad()
         return StepResult(loss, sum(losses), len(losses), grad_norm, finite)
 
@@ -117,6 +144,7 @@ class GraphStep:
         self._micro = []
         self._eval_graphs = {}
         self._held = {}  # the graph's train step and loss scale variables, once compiled
+        self.buffers = BufferSnapshot(model)  # the graph updates the module's own buffer tensors
 
     loss_scale = None
 
@@ -133,6 +161,7 @@ class GraphStep:
         seed_oneflow(seed, update, 0)  # a graph's dropout draws from its compile-time seed
         # with AMP the gradients (and so the graph's norm) carry the loss scale of this step: read it first
         scale = self._held_value("LossScale", self.graph.initial_loss_scale) if self.amp else 1.0
+        self.buffers.take()
         out = self.graph(x, y, *keep)
         loss_t, norm_t = out if self.graph.returns_grad_norm else (out, None)
         loss = float(ctx.replicate(loss_t).mean().numpy())
@@ -140,6 +169,8 @@ class GraphStep:
         step = int(self._held_value(TRAIN_STEP, self.updates + 1))
         stepped, self.updates = step > self.updates, step
         finite = math.isfinite(loss) and (self.amp or (stepped and (norm_t is None or math.isfinite(grad_norm))))
+        if not finite:
+            self.buffers.restore()
         return StepResult(loss, loss * self.accum, self.accum, grad_norm, finite)
 
     def _held_value(self, suffix, default):

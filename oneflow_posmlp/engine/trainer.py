@@ -366,21 +366,23 @@ class Trainer:
         """A non-finite loss or gradient norm on some rank at this update (the step did not apply it): count the
         skip (``train.nonfinite: skip``, up to ``train.nonfinite_patience`` in a row) or halt."""
         t = self.cfg["train"]
-        what = f"non-finite loss {result.loss:.4g} / grad_norm {result.grad_norm:.4g}"
+        values = f"loss {result.loss:.4g}, grad_norm {result.grad_norm:.4g}"
         where = f"epoch {self.epoch} update {self.updates + 1}"
         if t["nonfinite"] == "skip":
             self.nonfinite_skips += 1
             self.nonfinite_streak += 1
-            self.log.info(f"{where}: {what}: skipped: no optimizer step, no EMA update "
-                          f"({self.nonfinite_streak} in a row of train.nonfinite_patience {t['nonfinite_patience']}; "
-                          f"{self.nonfinite_skips} skipped in all)")
+            self.log.info(f"{where}: non-finite loss or gradient norm ({values}): skipped: no optimizer step, no EMA "
+                          f"update ({self.nonfinite_streak} in a row of train.nonfinite_patience "
+                          f"{t['nonfinite_patience']}; {self.nonfinite_skips} skipped in all)")
             if self.tb:
                 self.tb.add_scalar("train/nonfinite_skips", self.nonfinite_skips, self.updates)
             if self.nonfinite_streak < t["nonfinite_patience"]:
                 return
-            what = f"{self.nonfinite_streak} non-finite updates in a row (train.nonfinite_patience), the last with " + what
-        raise NonFiniteHalt(f"{what} at {where}: stopped without writing a checkpoint; {self._last_good_text()}; "
-                            f"{NONFINITE_FIX}")
+            what = f"{self.nonfinite_streak} non-finite updates in a row (train.nonfinite_patience), the last"
+        else:
+            what = "non-finite loss or gradient norm"
+        raise NonFiniteHalt(f"{what} at {where} ({values}): stopped without writing a checkpoint; "
+                            f"{self._last_good_text()}; {NONFINITE_FIX}")
 
     def _stopped(self, decision, saved):
         """Save ``last`` at this update (unless ``saved``: its seconds, already written here; None with no

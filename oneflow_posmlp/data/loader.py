@@ -94,10 +94,9 @@ def _ignore_signals(names, worker_id):
 
 def _loader(cfg, dataset, batch, sampler):
     workers = cfg["data"]["num_workers"]
-    stop_signals = tuple(cfg["train"].get("stop_signals", ()))
+    init = functools.partial(_ignore_signals, tuple(cfg["train"].get("stop_signals", ()))) if workers else None
     return flow.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=sampler.drop_last,
-                                      num_workers=workers, persistent_workers=False,
-                                      worker_init_fn=functools.partial(_ignore_signals, stop_signals) if workers else None)
+                                      num_workers=workers, persistent_workers=False, worker_init_fn=init)
 
 
 def build_train_loader(cfg, dataset, rank=0, world=1):

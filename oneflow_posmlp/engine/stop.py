@@ -186,7 +186,8 @@ class StopControl:
 
 
 def _describe(signalled, world):
-    """``SIGTERM``, ``SIGTERM on rank 1``, ``SIGUSR1 on all 8 ranks``, ``SIGTERM on ranks 0, 3 and SIGUSR1 on rank 5``."""
+    """``SIGTERM``, ``SIGTERM on rank 1``, ``SIGUSR1 on all 8 ranks``, ``SIGTERM on ranks 0, 3 and SIGUSR1 on rank
+    5``."""
     if world == 1:
         return next(iter(signalled.values()))
     by_signal = {}

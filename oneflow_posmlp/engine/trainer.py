@@ -19,6 +19,7 @@ import time
 import numpy as np
 import oneflow as flow
 
+from .. import slurm
 from ..checkpoint import CheckpointError
 from ..checkpoint.convert import load_into_model
 from ..checkpoint.weights import load_weights
@@ -106,9 +107,11 @@ class Trainer:
             else None
         self.csv = CsvLog(os.path.join(self.out, "summary.csv"), self.epoch) if cfg["log"]["csv"] and self.ctx.is_main \
             else None
+        launched = (f" (ranks from SLURM, rank 0 at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})"
+                    if os.environ.get(slurm.MARK) else "")
         self.log.info(f"model {cfg['model'].get('name') or 'custom'}: {params:,} parameters; {len(self.train_set)} "
                       f"train / {len(self.val_set)} val images; global batch {t['batch_size']} on "
-                      f"{self.ctx.describe()}; lr {self.lr:.3g}; {self.updates_per_epoch} updates/epoch")
+                      f"{self.ctx.describe()}{launched}; lr {self.lr:.3g}; {self.updates_per_epoch} updates/epoch")
         if self.tb:
             self.tb.add_text("config", "```\n" + dump_config(cfg) + "\n```", 0)
 
@@ -290,7 +293,8 @@ class Trainer:
         return self.best_top1
 
     def _eval_due(self):
-        return (self.epoch + 1) % self.cfg["train"]["eval_interval"] == 0 or self.epoch + 1 == self.cfg["train"]["epochs"]
+        t = self.cfg["train"]
+        return (self.epoch + 1) % t["eval_interval"] == 0 or self.epoch + 1 == t["epochs"]
 
     def train_one_epoch(self):
         t, ctx = self.cfg["train"], self.ctx

@@ -143,7 +143,7 @@ class GraphStep:
         self.updates = 0  # the optimizer's step count: the graph's train step (eager checkpoints carry it)
         self._micro = []
         self._eval_graphs = {}
-        self._held = {}  # the graph's train step and loss scale variables, once compiled
+        self._held = {}  # the names of the graph's train step and loss scale variables
         self.buffers = BufferSnapshot(model)  # the graph updates the module's own buffer tensors
 
     loss_scale = None
@@ -175,12 +175,15 @@ class GraphStep:
 
     def _held_value(self, suffix, default):
         """The current value of the compiled graph's state variable named ``suffix`` (its train step, or its
-        dynamic loss scale ``...-LossScale``), or ``default`` before the first call."""
+        dynamic loss scale ``...-LossScale``), or ``default`` before the first call. Looked up in
+        ``graph.state_dict()`` every time: a tensor kept from an earlier call can be stale (measured in the
+        tensor-parallel graph: a copy on rank 0 that stayed at 1)."""
+        if self.graph.compile_seconds is None:
+            return default
+        held = self.graph.state_dict()
         if suffix not in self._held:
-            if self.graph.compile_seconds is None:
-                return default
-            self._held[suffix] = next(v for k, v in self.graph.state_dict().items() if k.endswith(suffix))
-        t = self._held[suffix]
+            self._held[suffix] = next(k for k in held if k.endswith(suffix))
+        t = held[self._held[suffix]]
         if t.is_global:  # wherever the graph placed it: every rank reads it (a collective)
             t = t.to_global(placement=self.ctx.all_placement, sbp=flow.sbp.broadcast).to_local()
         return float(t.numpy().reshape(-1)[0])

@@ -275,7 +275,7 @@ class Trainer:
             row = {"epoch": self.epoch, "train_loss": train_loss}
             if self._eval_due():
                 row.update(self._evaluate_and_log())
-            self.stop.budget.record("eval", time.time() - eval_start)
+                self.stop.budget.record("eval", time.time() - eval_start)  # with the epoch's other end work
             self.epoch += 1
             self.batch_in_epoch, self.loss_sum, self.loss_count = 0, 0.0, 0.0
             if self.csv:

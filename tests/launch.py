@@ -7,9 +7,11 @@ command lines one after another in the same launched processes (``tests/runs_job
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -96,3 +98,40 @@ def max_state_diff(a_dir, b_dir):
             for k, v in st.items():
                 worst = max(worst, float(np.abs(v.numpy().astype(np.float64) - b["optimizer"]["state"][idx][k].numpy()).max()))
     return worst
+
+
+def wait_for_text(path, text, procs, timeout=TIMEOUT):
+    """Poll ``path`` until it holds ``text`` (e.g. a log line after which a test sends a signal); fail if one of
+    ``procs`` (Popen objects) ends first or ``timeout`` passes."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.isfile(path) and text in open(path).read():
+            return
+        if any(p.poll() is not None for p in procs):
+            raise AssertionError(f"a process ended before {text!r} appeared in {path}")
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} did not appear in {path} within {timeout} s")
+
+
+def children(pid):
+    """The pids of the child processes of ``pid`` (the ranks a launcher started)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def alive(pid):
+    """Whether ``pid`` runs (a process that is not this one's child: a launcher's orphaned rank)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return not f.read().rsplit(") ", 1)[1].startswith("Z")  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def end_pids(pids, deadline):
+    """Wait until ``pids`` have ended; SIGKILL what is left at ``deadline`` (``time.time()``)."""
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    for p in pids:
+        if alive(p):
+            os.kill(p, signal.SIGKILL)

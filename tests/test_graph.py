@@ -89,3 +89,32 @@ def test_train_graph_accumulates_micro_batches():
     for (k, a), b in zip(eager.state_dict().items(), model.state_dict().values()):
         if not k.endswith("num_batches_tracked"):
             assert np.abs(a.numpy() - b.numpy()).max() <= 1e-5, k
+
+
+def test_graph_step_returns_the_eager_steps_gradient_norm_before_clipping(tiny_demo_root, tmp_path):
+    """``GraphStep`` (a TrainGraph returning its gradient norm) and ``EagerStep`` with the graph's semantics
+    (per-group clipping, OneFlow's schedule): the same norms over 3 updates, where clipping to 0.05 leaves the
+    gradients a hundredth of their norm (so a clipped norm could not match)."""
+    from conftest import tiny_train_opts
+    from oneflow_posmlp.config import load_config
+    from oneflow_posmlp.engine import Trainer
+
+    norms = {}
+    for mode in ("eager", "graph"):
+        opts = {"train.graph": str(mode == "graph").lower(), "train.clip_grad": 0.05, "train.clip_scope": "group",
+                "train.scheduler": "oneflow", "train.epochs": 1, "data.limit_train_batches": 3, "train.ema": "false",
+                "model.stem_norm": "LN"}  # (why LN: _setup)
+        trainer = Trainer(load_config("configs/demo.yaml", tiny_train_opts(tiny_demo_root, **opts)),
+                          output_dir=str(tmp_path / mode))
+        run, got = trainer.step.run, []
+
+        def spy(*args, run=run, got=got):
+            result = run(*args)
+            got.append(result.grad_norm)
+            return result
+
+        trainer.step.run = spy
+        trainer.train_one_epoch()
+        norms[mode] = got
+    assert len(norms["graph"]) == 3 and min(norms["eager"]) > 1.0
+    np.testing.assert_allclose(norms["graph"], norms["eager"], rtol=1e-5)

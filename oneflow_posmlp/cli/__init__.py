@@ -5,7 +5,7 @@ and run by the thin ``tools/*.py``; and their shared plumbing here: config loadi
 import argparse
 import sys
 
-from .. import _env
+from .. import _env, slurm
 
 
 def config_parser(description, **kwargs):
@@ -27,7 +27,8 @@ def add_verbose(parser):
 def run(main, verbose=False):
     """Call ``main()`` after importing OneFlow (its CPU start-up noise hidden unless ``verbose`` or
     ``POSMLP_VERBOSE=1``); user errors (bad config, data, checkpoint, layout, export) become one ``error: ...``
-    line and exit 2. Anything else is a bug and keeps its traceback.
+    line and exit 2. Anything else is a bug and keeps its traceback. Started by ``srun`` without a launcher,
+    the ranks come from SLURM's variables (``oneflow_posmlp/slurm.py``, before OneFlow is imported).
 
     The error line is written first to this rank's log file (``log_rank{rank}.txt``) when the tool named one
     (``engine.logger.expect_log``: ``posmlp-train`` does once the config names the output directory) and its
@@ -36,6 +37,11 @@ def run(main, verbose=False):
     its own ``CalledProcessError`` traceback (docs/parallel.md), so each rank's log says why the job stopped."""
     if verbose:
         _env.set_verbose()
+    try:
+        slurm.apply_slurm_env()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     _env.import_oneflow_quietly()
     from ..checkpoint import CheckpointError
     from ..config import ConfigError

@@ -106,6 +106,13 @@ DEFAULTS = {
                                  # (WarmupLR+CosineDecayLR, runs in a graph) | auto: oneflow in graph, timm in eager
         "log_interval": 50,      # optimizer steps between console/TensorBoard scalars
         "eval_interval": 1,      # epochs between evaluations
+        # ending early and resumably (engine/stop.py, docs/cluster.md): on these signals, or before max_minutes
+        # (0: no budget) is spent, save `last` at an update boundary and exit 75; a non-finite loss or grad norm
+        # halts (exit 3, nothing written) or skips the update (halting after nonfinite_patience in a row)
+        "stop_signals": ["SIGTERM", "SIGUSR1"],
+        "max_minutes": 0.0,
+        "nonfinite": "halt",     # halt | skip
+        "nonfinite_patience": 5,
     },
     "output": {
         "dir": "output/posmlp",  # checkpoints (last/, best/), summary.csv, tb/, log_rank*.txt
@@ -134,6 +141,7 @@ CHOICES = {
     ("train", "clip_scope"): ("auto", "global", "group"),
     ("train", "schedule_unit"): ("epoch", "update"),
     ("train", "scheduler"): ("auto", "timm", "oneflow"),
+    ("train", "nonfinite"): ("halt", "skip"),
     ("aug", "mixup_mode"): ("batch",),
     ("aug", "remode"): ("pixel", "rand", "const"),
     ("aug", "train_interpolation"): ("random", "bilinear", "bicubic", "nearest"),
@@ -186,6 +194,8 @@ RANGES = {
     ("train", "ema_decay"): (0.0, 1.0),
     ("train", "log_interval"): (1, _INF),
     ("train", "eval_interval"): (1, _INF),
+    ("train", "max_minutes"): (0.0, _INF),
+    ("train", "nonfinite_patience"): (1, _INF),
     ("output", "save_every_steps"): (0, _INF),
     ("dist", "data_parallel"): (0, _INF),
     ("dist", "tensor_parallel"): (1, _INF),

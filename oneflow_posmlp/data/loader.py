@@ -6,8 +6,15 @@ from the process rank and world size). A train loader yields ``(x (b, 3, H, W) f
 with ``b = train.batch_size / grad_accum_steps / world`` (every batch full: static shapes for nn.Graph); the
 global batch is the ranks' local batches concatenated, i.e. ``split(0)``. A val loader yields
 ``(x, y, valid (b,) int64)`` where ``valid = 0`` marks padding, so metrics count each image once.
+
+Loader workers ignore the run's stop signals (``train.stop_signals``, ``engine/stop.py``): a scheduler or a
+launcher signalling the whole process group reaches them too, and OneFlow's workers would exit on SIGTERM, so
+the training process would fail on its next batch instead of stopping at the update boundary with a checkpoint.
+The training process ends its workers itself (and they die with it: OneFlow sets their parent-death signal).
 """
+import functools
 import os
+import signal
 
 import oneflow as flow
 
@@ -76,10 +83,20 @@ def local_batch_size(cfg, world):
     return per_step // world
 
 
+def _ignore_signals(names, worker_id):
+    """A loader worker's ``worker_init_fn``: ignore these signals (SIGINT stays: it is the workers' parent-death
+    signal)."""
+    for name in names:
+        full = str(name).upper() if str(name).upper().startswith("SIG") else "SIG" + str(name).upper()
+        if full != "SIGINT" and hasattr(signal, full):
+            signal.signal(getattr(signal, full), signal.SIG_IGN)
+
+
 def _loader(cfg, dataset, batch, sampler):
     workers = cfg["data"]["num_workers"]
+    init = functools.partial(_ignore_signals, tuple(cfg["train"].get("stop_signals", ()))) if workers else None
     return flow.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=sampler.drop_last,
-                                      num_workers=workers, persistent_workers=False)
+                                      num_workers=workers, persistent_workers=False, worker_init_fn=init)
 
 
 def build_train_loader(cfg, dataset, rank=0, world=1):

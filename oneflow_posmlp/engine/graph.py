@@ -8,6 +8,16 @@ gradient accumulation, AMP with dynamic loss scaling (CUDA),
 ZeRO sharding of optimizer state, activation checkpointing per level. A graph needs static input shapes:
 train loaders drop the last batch, eval loaders pad.
 
+Non-finite updates are never applied: without AMP the graph still runs OneFlow's dynamic loss scaling, at a
+constant scale of 1 (:data:`UNIT_SCALER`), only for its check: when any gradient holds a NaN or an infinity,
+every AdamW update op of the step is skipped (``skip_if``): weights, moments and the train step (from which the
+graph's lr schedule and bias correction are computed) stay as they were; the step object sees that the train
+step did not advance (``engine/step.py``). With one micro-batch per update the graph also returns the 2-norm of
+all gradients before clipping, computed from the gradients in :meth:`TrainGraph.build` (with AMP: of the scaled
+gradients; the step divides by the scale). With gradient accumulation it cannot: the micro-batch gradients run
+at another time shape than the update, and OneFlow 0.9.0 refuses a graph output or a variable computed from
+them ("Error: (1 vs 2)").
+
 Used by the trainer (``train.graph: true``) and ``tools/benchmark.py``; held to the eager step by
 ``tests/test_graph.py``. The lr schedule inside the graph is OneFlow's (``engine/schedule.py``).
 """
@@ -23,15 +33,27 @@ from .optim import clip_param_groups  # noqa: F401  (the parameter groups a grap
 _log = logging.getLogger("oneflow_posmlp")
 
 
+def unit_scaler():
+    """Dynamic loss scaling at a constant 1 (growth factor 1, back-off 1): no scaling, only the skip of an update
+    whose gradients are not finite."""
+    return flow.amp.GradScaler(init_scale=1.0, growth_factor=1.0, backoff_factor=1.0, growth_interval=2 ** 30)
+
+
 class TrainGraph(nn.Graph):
-    """``graph(x, y) -> loss``: one compiled training step (or ``grad_accum`` micro-batches of one step)."""
+    """``graph(x, y) -> loss`` (``grad_norm``: ``(loss, grad_norm)``): one compiled training step (or ``grad_accum``
+    micro-batches of one step). ``grad_norm`` needs ``grad_accum == 1`` (module docstring)."""
 
     def __init__(self, model, criterion, optimizer, lr_scheduler=None, grad_accum=1, amp=False, zero_stage=0,
-                 checkpoint_levels=(), ctx=None):
+                 checkpoint_levels=(), ctx=None, grad_norm=False):
         super().__init__()
+        if grad_norm and grad_accum > 1:
+            raise ValueError("a graph with gradient accumulation cannot return the gradient norm (OneFlow 0.9.0)")
         self.model = model
         self.drop_paths = drop_path_modules(model)  # the modules themselves, to hand them the step's masks
         self.criterion = criterion
+        self.returns_grad_norm = grad_norm
+        # where the squared norms of the parameters' gradients are summed: pipeline stages hold their own
+        self._norm_placement = ctx.stage_placements[-1] if ctx is not None and ctx.pipeline_parallel > 1 else None
         if ctx is not None:
             ctx.set_graph_stages(self.model)  # pipeline parallel: a stage (and placement) per part of the model
         self.add_optimizer(optimizer, lr_sch=lr_scheduler)
@@ -43,12 +65,15 @@ class TrainGraph(nn.Graph):
         self.config.allow_fuse_cast_scale(True)
         if grad_accum > 1:
             self.config.set_gradient_accumulation_steps(grad_accum)
+        self.initial_loss_scale = 2.0 ** 16 if amp else 1.0
         if amp:
             self.config.enable_amp(True)
             self.config.enable_multi_tensor_update(True)
             self.config.enable_fused_model_update_cast(True)
-            self.set_grad_scaler(flow.amp.GradScaler(init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
-                                                     growth_interval=2000))
+            self.set_grad_scaler(flow.amp.GradScaler(init_scale=self.initial_loss_scale, growth_factor=2.0,
+                                                     backoff_factor=0.5, growth_interval=2000))
+        else:
+            self.set_grad_scaler(unit_scaler())  # skips non-finite updates (module docstring)
         if zero_stage:
             self.config.enable_zero(True, stage=zero_stage)
         for i in checkpoint_levels:  # recompute these levels' activations in the backward pass
@@ -63,7 +88,32 @@ class TrainGraph(nn.Graph):
         loss = self.criterion(self.model(x), y)
         set_drop_path_keep(drop_paths, None)
         loss.backward()
-        return loss
+        if not self.returns_grad_norm:
+            return loss
+        return loss, self._grad_norm()
+
+    def _grad_norm(self):
+        """The 2-norm of all parameter gradients of this step, before the optimizer clips them, from the gradients
+        ``loss.backward()`` made in :meth:`build` (lazy tensors). Under data parallelism a gradient is a partial
+        sum over the ranks: it is reduced to its parameter's SBP here, and that reduced gradient is handed back to
+        the optimizer (``.grad``), so the norm and the update share one all-reduce (reading the partial gradient
+        twice made OneFlow 0.9.0 abort: ``op_graph.cpp:150 Check failed: it->second == nd_sbp``)."""
+        squares = []
+        for proxy in self.model.parameters():
+            p = proxy.to(flow.Tensor)
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_global and (g.sbp != p.sbp or g.placement != p.placement):
+                g = g.to_global(placement=p.placement, sbp=p.sbp)
+                p.grad = g
+            g = g if g.dtype == flow.float32 else g.to(flow.float32)  # AMP: float16 gradients
+            sq = (g * g).sum()
+            if self._norm_placement is not None:
+                broadcast = [flow.sbp.broadcast] * len(self._norm_placement.ranks.shape)
+                sq = sq.to_global(placement=self._norm_placement, sbp=broadcast)
+            squares.append(sq)
+        return flow.sqrt(flow.stack(squares).sum())
 
     def __call__(self, *args):
         if self.compile_seconds is None:

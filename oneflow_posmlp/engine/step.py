@@ -3,7 +3,9 @@
 * ``run(x, y, keep, seed_step) -> StepResult | None``: take one micro-batch (local tensors, after Mixup;
   ``keep``: this rank's drop-path keep masks ``(b, blocks)`` or None; ``seed_step``: ``(seed, update, micro)``
   of :mod:`~oneflow_posmlp.engine.randomness`); returns None until the update's last micro-batch, then the
-  update's result (the optimizer has stepped).
+  update's result (the optimizer has stepped, unless the result is not ``finite``: a non-finite loss or
+  gradient norm is never applied, in either mode; weights, AdamW moments, step count and the buffers the
+  forward passes updated (BatchNorm statistics, :class:`BufferSnapshot`) stay as they were).
 * ``discard()``: drop the micro-batches of an unfinished update (the end of an epoch).
 * ``state_dict()`` / ``load_state_dict(state)``: ``{"optimizer": eager-format optimizer state, "scaler": ...}``,
   one format for both modes, so a checkpoint of one mode resumes in the other (``load_state_dict`` takes the
@@ -17,6 +19,7 @@ and clipping inside the graph). The lr schedule and the EMA are the trainer's, a
 :func:`build_training` builds the optimizer, the lr schedule and the step object of a config's ``train:``
 section: the trainer and the benchmark (``oneflow_posmlp.bench``) both call it, so they run the same step.
 """
+import math
 from collections import namedtuple
 
 import oneflow as flow
@@ -24,15 +27,39 @@ import oneflow as flow
 from ..config import ConfigError, scaled_lr
 from ..models.drop import drop_path_keep, drop_path_modules, set_drop_path_keep
 from .evaluate import eval_forward
-from .graph import TrainGraph, graph_optimizer_state, load_graph_optimizer_state
+from .graph import TRAIN_STEP, TrainGraph, graph_optimizer_state, load_graph_optimizer_state
 from .loss_scaler import DynamicLossScaler, autocast
 from .optim import build_optimizer, clip_gradients
 from .randomness import drop_path_seed, seed_oneflow
 from .schedule import build_scheduler, resolve_scheduler_kind
 
-StepResult = namedtuple("StepResult", "loss loss_sum micro_batches grad_norm")
+StepResult = namedtuple("StepResult", "loss loss_sum micro_batches grad_norm finite", defaults=(True,))
 StepResult.__doc__ = """One update: ``loss`` the mean over its micro-batches (logged), ``loss_sum`` their sum,
-``grad_norm`` the 2-norm of all gradients before clipping (NaN where unknown: a graph does not return it)."""
+``grad_norm`` the 2-norm of all gradients before clipping (NaN where unknown: a graph with gradient
+accumulation, or an AMP overflow), ``finite``: the loss and the gradients were finite and the update was applied
+(False: nothing was changed; with AMP only a non-finite loss counts, an overflow is the loss scaler's business).
+The loss and the norm are values of global tensors: every rank reads the same number."""
+
+
+class BufferSnapshot:
+    """The model's buffers (BatchNorm running statistics and counters) as they were before an update: the forward
+    passes of an update found non-finite must not leave their statistics behind. Local copies (each rank its
+    own); buffers are small (a few values per channel of each BatchNorm)."""
+
+    def __init__(self, model):
+        self.buffers = list(model.buffers())
+        self.saved = None
+
+    def take(self):
+        self.saved = [_local(b).clone() for b in self.buffers]
+
+    def restore(self):
+        for b, saved in zip(self.buffers, self.saved):
+            _local(b).copy_(saved)
+
+
+def _local(t):
+    return t.to_local() if t.is_global else t
 
 
 class EagerStep:
@@ -45,6 +72,7 @@ class EagerStep:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.drop_paths = drop_path_modules(model)
         self.scaler = DynamicLossScaler(enabled=amp)
+        self.buffers = BufferSnapshot(model)
         self._losses = []
 
     @property
@@ -53,6 +81,8 @@ class EagerStep:
 
     def run(self, x, y, keep, seed_step):
         ctx = self.ctx
+        if not self._losses:  # the update's first micro-batch
+            self.buffers.take()
         seed_oneflow(*seed_step)
         x, y = ctx.to_global_batch(x, y)
         set_drop_path_keep(self.drop_paths, None if keep is None else ctx.to_global_batch(keep))
@@ -64,12 +94,18 @@ class EagerStep:
         if len(self._losses) < self.accum:
             return None
         losses, self._losses = self._losses, []
+        loss = sum(losses) / len(losses)
         grad_norm = float("nan")
+        finite = math.isfinite(loss)
         if self.scaler.unscale_and_check(self.params):  # logged: the norm of all gradients before clipping
             grad_norm = clip_gradients(self.optimizer, self.clip_grad, self.clip_scope, ctx.clip_grad_norm_)
-            self.optimizer.step()
+            finite = finite and (self.amp or math.isfinite(grad_norm))
+            if finite:
+                self.optimizer.step()
+        if not finite:
+            self.buffers.restore()
         self.optimizer.zero_grad()
-        return StepResult(sum(losses) / len(losses), sum(losses), len(losses), grad_norm)
+        return StepResult(loss, sum(losses), len(losses), grad_norm, finite)
 
     def discard(self):
         if self._losses:
@@ -90,17 +126,25 @@ class EagerStep:
 class GraphStep:
     """An update's micro-batches concatenated into one :class:`TrainGraph` call (the graph splits them again:
     gradient accumulation), with the lr schedule (``lr_scheduler``: OneFlow's) and clipping compiled in.
-    Eval graphs of the trained model and its EMA share the modules (and so the weights)."""
+    Eval graphs of the trained model and its EMA share the modules (and so the weights).
+
+    The graph returns the gradient norm with one micro-batch per update and without ZeRO (``engine/graph.py``:
+    not with accumulation; ZeRO shards the gradients, CUDA only and not verified) and skips an update whose
+    gradients are not finite; the graph's train step, read after every
+    call, says whether it stepped."""
 
     def __init__(self, model, criterion, optimizer, lr_scheduler, ctx, accum=1, amp=False, zero_stage=0,
                  checkpoint_levels=()):
         self.model, self.optimizer, self.ctx, self.accum, self.amp = model, optimizer, ctx, accum, amp
         self.graph = TrainGraph(model, criterion, optimizer, lr_scheduler, grad_accum=accum, amp=amp,
-                                zero_stage=zero_stage, checkpoint_levels=checkpoint_levels, ctx=ctx)
+                                zero_stage=zero_stage, checkpoint_levels=checkpoint_levels, ctx=ctx,
+                                grad_norm=accum == 1 and not zero_stage)
         self.scaler = DynamicLossScaler(enabled=False)  # the graph scales inside; kept for the checkpoint format
-        self.updates = 0  # the optimizer's step count (the graph holds it; eager checkpoints carry it)
+        self.updates = 0  # the optimizer's step count: the graph's train step (eager checkpoints carry it)
         self._micro = []
         self._eval_graphs = {}
+        self._held = {}  # the names of the graph's train step and loss scale variables
+        self.buffers = BufferSnapshot(model)  # the graph updates the module's own buffer tensors
 
     loss_scale = None
 
@@ -115,9 +159,34 @@ class GraphStep:
         keep = [ctx.to_global_batch(k) for k in keep]  # (B, blocks), with the images
         seed, update, _ = seed_step
         seed_oneflow(seed, update, 0)  # a graph's dropout draws from its compile-time seed
-        loss = float(ctx.replicate(self.graph(x, y, *keep)).mean().numpy())
-        self.updates += 1
-        return StepResult(loss, loss * self.accum, self.accum, float("nan"))
+        # with AMP the gradients (and so the graph's norm) carry the loss scale of this step: read it first
+        scale = self._held_value("LossScale", self.graph.initial_loss_scale) if self.amp else 1.0
+        self.buffers.take()
+        out = self.graph(x, y, *keep)
+        loss_t, norm_t = out if self.graph.returns_grad_norm else (out, None)
+        loss = float(ctx.replicate(loss_t).mean().numpy())
+        grad_norm = float(ctx.replicate(norm_t).numpy()) / scale if norm_t is not None else float("nan")
+        step = int(self._held_value(TRAIN_STEP, self.updates + 1))
+        stepped, self.updates = step > self.updates, step
+        finite = math.isfinite(loss) and (self.amp or (stepped and (norm_t is None or math.isfinite(grad_norm))))
+        if not finite:
+            self.buffers.restore()
+        return StepResult(loss, loss * self.accum, self.accum, grad_norm, finite)
+
+    def _held_value(self, suffix, default):
+        """The current value of the compiled graph's state variable named ``suffix`` (its train step, or its
+        dynamic loss scale ``...-LossScale``), or ``default`` before the first call. Looked up in
+        ``graph.state_dict()`` every time: a tensor kept from an earlier call can be stale (measured in the
+        tensor-parallel graph: a copy on rank 0 that stayed at 1)."""
+        if self.graph.compile_seconds is None:
+            return default
+        held = self.graph.state_dict()
+        if suffix not in self._held:
+            self._held[suffix] = next(k for k in held if k.endswith(suffix))
+        t = held[self._held[suffix]]
+        if t.is_global:  # wherever the graph placed it: every rank reads it (a collective)
+            t = t.to_global(placement=self.ctx.all_placement, sbp=flow.sbp.broadcast).to_local()
+        return float(t.numpy().reshape(-1)[0])
 
     def discard(self):
         self._micro = []
@@ -135,7 +204,7 @@ class GraphStep:
         """Before the graph's first call: it takes the moments and the step then."""
         opt_state = self.ctx.optimizer_state_to_global(state["optimizer"], self.optimizer)
         load_graph_optimizer_state(self.graph, self.model, self.optimizer, opt_state, self.ctx.all_placement)
-        self.updates = int(state.get("updates", opt_state["state"].get("step", 0)))
+        self.updates = int(opt_state["state"].get("step", state.get("updates", 0)))
         self.scaler.load_state_dict(state["scaler"])
 
 

@@ -2,6 +2,12 @@
 label smoothing, gradient clipping, EMA), exact resume, TensorBoard and CSV logs;
 eager or ``nn.Graph`` execution through one step object (``engine/step.py``).
 
+Loop control at every update boundary (``engine/stop.py``, docs/cluster.md): a stop signal on any rank or the
+``train.max_minutes`` budget saves ``last`` and raises :class:`~oneflow_posmlp.engine.stop.TrainingStopped`
+(exit 75); a non-finite loss or gradient norm on any rank skips the update (``train.nonfinite: skip``) or raises
+:class:`~oneflow_posmlp.engine.stop.NonFiniteHalt` without writing anything; no checkpoint is written with
+non-finite values.
+
 One process or many (``python -m oneflow.distributed.launch``): see :class:`~oneflow_posmlp.parallel.ParallelContext`.
 """
 import math
@@ -13,6 +19,7 @@ import time
 import numpy as np
 import oneflow as flow
 
+from .. import slurm
 from ..checkpoint import CheckpointError
 from ..checkpoint.transfer import load_transferred
 from ..checkpoint.weights import load_weights
@@ -27,6 +34,7 @@ from .optim import build_ema
 from .randomness import numpy_seeded
 from .state import load_training_state, rng_preserved, rng_state, save_training_state, set_rng_state
 from .step import build_training, check_graph_options, micro_batch_keep
+from .stop import NonFiniteHalt, StopControl, StopSignals, TimeBudget, TrainingStopped, any_rank, resolve_signals
 
 
 class Trainer:
@@ -35,11 +43,15 @@ class Trainer:
 
     ``resume``: a training checkpoint directory (``OUTPUT/last``) or ``"auto"`` (``OUTPUT/last`` if present).
     ``init``: converted weights to start from (``tools/convert_torch_weights.py`` output), head may differ.
+    ``start_time``: when the command started (``time.time()``), from which ``train.max_minutes`` counts
+    (default: now).
     """
 
-    def __init__(self, cfg, output_dir=None, resume=None, init=None):
+    def __init__(self, cfg, output_dir=None, resume=None, init=None, start_time=None):
         self.cfg = cfg
         t = cfg["train"]
+        start_time = time.time() if start_time is None else start_time
+        signals = StopSignals(resolve_signals(t["stop_signals"]))  # installed by fit()
         self.ctx = ParallelContext(cfg["dist"])
         check_graph_options(t, cfg["dist"])  # before any data is read
         self.out = output_dir or cfg["output"]["dir"]
@@ -84,16 +96,22 @@ class Trainer:
         self.epoch = self.batch_in_epoch = self.updates = 0
         self.loss_sum = self.loss_count = 0.0
         self.best_top1, self.best_epoch = -1.0, -1
+        self.nonfinite_skips = self.nonfinite_streak = 0  # skipped updates: in all, and in a row now
+        self.last_good = None  # (path, epoch, update) of the newest checkpoint known to be good
         if state:
             self._restore(state, resume_path)
+        params = sum(p.numel() for p in self.model.parameters())
+        state_bytes = 4 * params * (3 + (self.ema is not None))  # weights, 2 moments, EMA (float32)
+        self.stop = StopControl(signals, TimeBudget(t["max_minutes"], start_time, state_bytes), self.ctx)
         self.tb = TensorBoardWriter(os.path.join(self.out, "tb")) if cfg["log"]["tensorboard"] and self.ctx.is_main \
             else None
         self.csv = CsvLog(os.path.join(self.out, "summary.csv"), self.epoch) if cfg["log"]["csv"] and self.ctx.is_main \
             else None
-        params = sum(p.numel() for p in self.model.parameters())
+        launched = (f" (ranks from SLURM, rank 0 at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})"
+                    if os.environ.get(slurm.MARK) else "")
         self.log.info(f"model {cfg['model'].get('name') or 'custom'}: {params:,} parameters; {len(self.train_set)} "
                       f"train / {len(self.val_set)} val images; global batch {t['batch_size']} on "
-                      f"{self.ctx.describe()}; lr {self.lr:.3g}; {self.updates_per_epoch} updates/epoch")
+                      f"{self.ctx.describe()}{launched}; lr {self.lr:.3g}; {self.updates_per_epoch} updates/epoch")
         if self.tb:
             self.tb.add_text("config", "```\n" + dump_config(cfg) + "\n```", 0)
 
@@ -125,6 +143,10 @@ class Trainer:
         self._check_data_order(state, path)
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
         self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
+        self.nonfinite_skips = state.get("nonfinite_skips", 0)  # (absent from checkpoints of earlier versions)
+        self.nonfinite_streak = state.get("nonfinite_streak", 0)
+        self.last_good = (path, self.epoch, self.updates)
+        self._restore_rank_buffers(state.get("rank_buffers"))
         # the schedule is rebuilt from the config and moved to the saved update (it is a function of the update
         # number): an unchanged config continues exactly, a longer train.epochs extends the cosine
         self.scheduler.step_update(self.updates)
@@ -156,19 +178,95 @@ class Trainer:
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "updates": self.updates, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
             "best_top1": self.best_top1, "best_epoch": self.best_epoch, "rng": rng_state(),
+            "nonfinite_skips": self.nonfinite_skips, "nonfinite_streak": self.nonfinite_streak,
+            "rank_buffers": self._rank_buffers(),
             "config": self.cfg, "train_images": len(self.train_set),
             "classes": list(getattr(self.train_set, "classes", None) or []) or None,  # ImageFolder class names
         }
 
+    def _buffer_modules(self):
+        return [("model", self.model)] + ([("ema", self.ema.module)] if self.ema is not None else [])
+
+    def _rank_buffers(self):
+        """Mid-epoch under data parallelism every rank's BatchNorm statistics (and their EMA) are its own until the
+        epoch's average (``ParallelContext.average_buffers``); the model state holds rank 0's. This holds them
+        all: ``{"data_parallel": dp, "buffers": {"model.<name>": (dp, ...) tensor, ...}}`` (None otherwise), so a
+        mid-epoch resume on as many data-parallel ranks continues exactly. A collective."""
+        if not (self.ctx.data_parallel > 1 and self.batch_in_epoch):
+            return None
+        rows = self.ctx.sbp(flow.sbp.split(0), flow.sbp.broadcast)
+        buffers = {f"{prefix}.{name}": buf.to_local().unsqueeze(0).to_global(placement=buf.placement, sbp=rows)
+                   for prefix, module in self._buffer_modules() for name, buf in module.named_buffers()
+                   if buf.dtype.is_floating_point}
+        return {"data_parallel": self.ctx.data_parallel, "buffers": buffers}
+
+    def _restore_rank_buffers(self, saved):
+        """Give every rank its own statistics of a mid-epoch checkpoint (:meth:`_rank_buffers`); with another
+        data-parallel degree, their mean."""
+        if not saved:
+            return
+        own = saved["data_parallel"] == self.ctx.data_parallel
+        for prefix, module in self._buffer_modules():
+            for name, buf in module.named_buffers():
+                rows = saved["buffers"].get(f"{prefix}.{name}")
+                local = buf.to_local() if buf.is_global else buf
+                if rows is None or not local.numel():
+                    continue
+                value = rows[self.ctx.data_rank] if own else rows.to(flow.float64).mean(0).to(rows.dtype)
+                local.copy_(value.to(local.device))
+
     def save(self, name):
-        save_training_state(os.path.join(self.out, name), self.state(), self.ctx)
+        """Write the training checkpoint ``OUTPUT/name`` (atomically), unless it holds a non-finite value: then
+        nothing is written and :class:`NonFiniteHalt` is raised (on every rank). Returns the seconds taken."""
+        start = time.time()
+        path = os.path.join(self.out, name)
+        state = self.state()
+        bad = self._nonfinite_parts(state)
+        if bad:
+            raise NonFiniteHalt(f"non-finite values in {', '.join(bad)} at epoch {self.epoch} update {self.updates}: "
+                                f"{path} was not written; {self._last_good_text()}; {NONFINITE_FIX}")
+        save_training_state(path, state, self.ctx)
+        if name == "last":
+            self.last_good = (path, self.epoch, self.updates)
+        seconds = time.time() - start
+        self.stop.budget.record("save", seconds)
+        return seconds
+
+    def _nonfinite_parts(self, state):
+        """The parts of ``state`` (``model``, ``ema``, ``optimizer``) holding a NaN or an infinity on any rank: each
+        rank checks its own (local) values, then one collective."""
+        parts = ("model", "ema", "optimizer")
+        flags = []
+        for part in parts:
+            tensors = [t.to_local() if t.is_global else t for t in _tensors(state.get(part))]
+            tensors = [t for t in tensors if t.dtype.is_floating_point and t.numel()]
+            flags.append(0.0 if not tensors else float(not bool(flow.stack([flow.isfinite(t).all() for t in tensors])
+                                                                  .all().numpy())))
+        return [part for part, bad in zip(parts, any_rank(flags, self.ctx)) if bad]
+
+    def _last_good_text(self):
+        if self.last_good:
+            path, epoch, update = self.last_good
+            return f"the last good checkpoint is {path} (epoch {epoch}, update {update})"
+        return "no checkpoint was written by this run (and it did not resume from one)"
 
     # ----------------------------------------------------------------- training
     def fit(self):
+        """Train to ``train.epochs``; returns the best top-1. Raises :class:`TrainingStopped` (``last`` written:
+        resume it) or :class:`NonFiniteHalt` (nothing written) when the run ends early (``engine/stop.py``)."""
+        try:
+            with self.stop.signals:  # the handlers only note a signal; the loop decides at update boundaries
+                return self._fit()
+        finally:
+            if self.tb:
+                self.tb.close()
+
+    def _fit(self):
         epochs = self.cfg["train"]["epochs"]
         start = time.time()
         while self.epoch < epochs:
             train_loss = self.train_one_epoch()
+            eval_start = time.time()
             if self.ctx.data_parallel > 1:  # timm's dist_bn "reduce": one set of BatchNorm statistics for all ranks
                 sums = [self.ctx.average_buffers(m) for m in (self.model, self.ema and self.ema.module) if m]
                 self.log.info(f"epoch {self.epoch}: buffers averaged over {self.ctx.data_parallel} ranks "
@@ -176,8 +274,9 @@ class Trainer:
             if self.ctx.distributed:  # every rank must hold the same replicated weights
                 self.log.info(f"epoch {self.epoch}: replicas agree within {self.ctx.replica_divergence(self.model):.3g}")
             row = {"epoch": self.epoch, "train_loss": train_loss}
-            if (self.epoch + 1) % self.cfg["train"]["eval_interval"] == 0 or self.epoch + 1 == epochs:
+            if self._eval_due():
                 row.update(self._evaluate_and_log())
+                self.stop.budget.record("eval", time.time() - eval_start)  # with the epoch's other end work
             self.epoch += 1
             self.batch_in_epoch, self.loss_sum, self.loss_count = 0, 0.0, 0.0
             if self.csv:
@@ -186,11 +285,17 @@ class Trainer:
             if row.get("eval_top1", -1) > self.best_top1:
                 self.best_top1, self.best_epoch = row["eval_top1"], row["epoch"]
                 self.save("best")
+            if self.epoch < epochs:  # a boundary too: `last` is this very state, so a stop here writes nothing
+                decision = self.stop.decide(next_seconds=self.stop.budget.update_seconds())
+                if decision.stop:
+                    self._stopped(decision, saved=None)
         self.log.info(f"done: {epochs} epochs in {time.time() - start:.0f} s; best top-1 {self.best_top1:.2f}% "
                       f"(epoch {self.best_epoch})")
-        if self.tb:
-            self.tb.close()
         return self.best_top1
+
+    def _eval_due(self):
+        t = self.cfg["train"]
+        return (self.epoch + 1) % t["eval_interval"] == 0 or self.epoch + 1 == t["epochs"]
 
     def train_one_epoch(self):
         t, ctx = self.cfg["train"], self.ctx
@@ -205,7 +310,7 @@ class Trainer:
         # a bar only on a terminal: in a log file (CI, > file) each refresh would be a line; log lines always
         progress = _progress(total, self.batch_in_epoch, f"epoch {self.epoch}",
                              ctx.is_main and self.cfg["log"]["progress"] and sys.stderr.isatty())
-        data_start = time.time()
+        data_start = self._boundary_time = time.time()
         window_start, window_images = time.time(), 0
         while self.batch_in_epoch < total:
             try:
@@ -222,22 +327,81 @@ class Trainer:
             window_images += local_batch * ctx.data_parallel
             progress.update(1)
             result = self.step.run(x, y, keep, step)
-            if result is not None:  # the update is complete: the optimizer has stepped
-                self.loss_sum += result.loss_sum
-                self.loss_count += result.micro_batches
-                self._after_update()
-                if self.updates % t["log_interval"] == 0 or self.batch_in_epoch == total:
-                    speed = window_images / max(time.time() - window_start, 1e-9)
-                    self._log_step(result.loss, result.grad_norm, speed, data_time)
-                    progress.set_postfix(loss=f"{result.loss:.3f}", lr=f"{self._lr():.2e}")
-                    window_start, window_images = time.time(), 0
-                every = self.cfg["output"]["save_every_steps"]
-                if every > 0 and self.updates % every == 0:
-                    self.save("last")
+            if result is not None:  # an update boundary: the optimizer has stepped (or skipped a non-finite one)
+                decision = self._decide(result, epoch_end=self.batch_in_epoch == total)
+                saved = None
+                if decision.nonfinite:
+                    self._nonfinite(result)  # halts (raises), or counts the skipped update
+                else:
+                    self.nonfinite_streak = 0
+                    self.loss_sum += result.loss_sum
+                    self.loss_count += result.micro_batches
+                    self._after_update()
+                    if self.updates % t["log_interval"] == 0 or self.batch_in_epoch == total:
+                        speed = window_images / max(time.time() - window_start, 1e-9)
+                        self._log_step(result.loss, result.grad_norm, speed, data_time)
+                        progress.set_postfix(loss=f"{result.loss:.3f}", lr=f"{self._lr():.2e}")
+                        window_start, window_images = time.time(), 0
+                    every = self.cfg["output"]["save_every_steps"]
+                    if every > 0 and self.updates % every == 0:
+                        saved = self.save("last")
+                if decision.stop:
+                    progress.close()
+                    self._stopped(decision, saved)
+                self._boundary_time = time.time()
             data_start = time.time()
         self.step.discard()  # micro-batches of an unfinished update do not carry into the next epoch
         progress.close()
         return self.loss_sum / max(self.loss_count, 1)
+
+    def _decide(self, result, epoch_end):
+        """The agreement of all ranks at an update boundary (one collective, ``engine/stop.py``). The budget asks
+        whether the next piece of work fits with a checkpoint after it: the next update, or at the end of the
+        epoch its evaluation and checkpoints."""
+        budget = self.stop.budget
+        budget.record("update", time.time() - self._boundary_time)
+        if epoch_end:
+            evals = (2 if self.ema is not None else 1) * len(self.val_loader) if self._eval_due() else 0
+            next_seconds, saves = budget.eval_estimate(evals), 2 if evals else 1
+        else:
+            next_seconds, saves = budget.update_seconds(), 1
+        return self.stop.decide(nonfinite=not result.finite, next_seconds=next_seconds, saves_after=saves)
+
+    def _nonfinite(self, result):
+        """A non-finite loss or gradient norm on some rank at this update (the step did not apply it): count the
+        skip (``train.nonfinite: skip``, up to ``train.nonfinite_patience`` in a row) or halt."""
+        t = self.cfg["train"]
+        values = f"loss {result.loss:.4g}, grad_norm {result.grad_norm:.4g}"
+        where = f"epoch {self.epoch} update {self.updates + 1}"
+        if t["nonfinite"] == "skip":
+            self.nonfinite_skips += 1
+            self.nonfinite_streak += 1
+            self.log.info(f"{where}: non-finite loss or gradient norm ({values}): skipped: no optimizer step, no EMA "
+                          f"update ({self.nonfinite_streak} in a row of train.nonfinite_patience "
+                          f"{t['nonfinite_patience']}; {self.nonfinite_skips} skipped in all)")
+            if self.tb:
+                self.tb.add_scalar("train/nonfinite_skips", self.nonfinite_skips, self.updates)
+            if self.nonfinite_streak < t["nonfinite_patience"]:
+                return
+            what = f"{self.nonfinite_streak} non-finite updates in a row (train.nonfinite_patience), the last"
+        else:
+            what = "non-finite loss or gradient norm"
+        raise NonFiniteHalt(f"{what} at {where} ({values}): stopped without writing a checkpoint; "
+                            f"{self._last_good_text()}; {NONFINITE_FIX}")
+
+    def _stopped(self, decision, saved):
+        """Save ``last`` at this update (unless ``saved``: its seconds, already written here; None with no
+        seconds: the epoch-end ``last`` is this state), log one line and raise :class:`TrainingStopped`."""
+        path = os.path.join(self.out, "last")
+        if saved is None and self.batch_in_epoch:
+            saved = self.save("last")
+        how = f"saved {path} in {saved:.1f} s" if saved is not None else f"{path} (written at the end of the epoch)"
+        left = self.stop.budget.left()
+        budget = f"; {left / 60:.1f} of train.max_minutes left" if math.isfinite(left) else ""
+        msg = (f"stopped ({decision.stop}) at epoch {self.epoch} update {self.updates} (batch {self.batch_in_epoch}): "
+               f"{how}{budget}; exit 75: continue with --resume auto")
+        self.log.info(msg)
+        raise TrainingStopped(msg)
 
     def _drop_path_keep(self, local_batch, step):
         """This rank's rows of the micro-batch's drop-path keep masks, ``(local_batch, blocks)``, or None."""
@@ -259,7 +423,7 @@ class Trainer:
         if self.tb:
             for tag, value in (("train/loss", loss), ("train/lr", self._lr()), ("train/grad_norm", grad_norm),
                                ("train/images_per_sec", speed), ("train/data_time", data_time)):
-                if not math.isnan(value):  # the grad norm of a graph step is not known
+                if not math.isnan(value):  # the grad norm of a graph with accumulation is not known
                     self.tb.add_scalar(tag, value, self.updates)
             if self.step.loss_scale is not None:
                 self.tb.add_scalar("train/loss_scale", self.step.loss_scale, self.updates)
@@ -287,6 +451,22 @@ class Trainer:
                     self.tb.add_scalar(tag, row[key], self.epoch)
             self.tb.flush()
         return row
+
+
+NONFINITE_FIX = ("lower train.lr, keep train.clip_grad > 0, or set train.nonfinite=skip to step over isolated bad "
+                 "batches")
+
+
+def _tensors(obj):
+    """The tensors in a (nested) state dict."""
+    if isinstance(obj, flow.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
 
 
 class _NoProgress:

@@ -1,0 +1,63 @@
+"""models/activation.py: the NumPy-computed GELU equals OneFlow's exact GELU on CPU, forward and backward."""
+import gc
+
+import numpy as np
+import oneflow as flow
+import pytest
+
+from oneflow_posmlp.models import activation
+from oneflow_posmlp.models.activation import GELU, gelu, release_buffers, uses_numpy_path
+
+
+def values(n=300_001):  # more than two NumPy blocks, with the edge values
+    x = flow.randn(n) * 4
+    x[:8] = flow.tensor([0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0, 1e-45, 7.0])
+    return x
+
+
+def test_forward_and_backward_equal_oneflow_gelu():
+    x = values()
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = flow.nn.functional.gelu(a), gelu(b)
+    assert yb.shape == x.shape and uses_numpy_path(b)
+    assert np.abs(ya.numpy() - yb.numpy()).max() <= 1e-6  # A-S erf: <= 1.5e-7 * |x| / 2, plus rounding
+    dy = flow.randn(*x.shape)
+    ya.backward(dy)
+    yb.backward(dy)
+    assert np.abs(a.grad.numpy() - b.grad.numpy()).max() <= 2e-6
+    assert b.grad[0].item() == pytest.approx(dy[0].item() * 0.5, rel=1e-6)  # gelu'(0) = 1/2
+
+
+def test_shapes_repeated_calls_and_pooled_memory():
+    """Outputs keep their shape; a pooled buffer is reused only once no tensor holds it."""
+    x = flow.randn(2, 3, 5, 7)
+    kept = [gelu(x) for _ in range(3)]  # all alive: three buffers
+    assert all(k.shape == x.shape for k in kept)
+    assert len(activation._POOL[x.numel()]) >= 3
+    ptrs = {k.numpy().__array_interface__["data"][0] for k in kept}
+    assert len(ptrs) == 3
+    ref = flow.nn.functional.gelu(x).numpy()
+    for k in kept:
+        assert np.abs(k.numpy() - ref).max() <= 1e-6
+    del kept, k
+    gc.collect()
+    flow._oneflow_internal.eager.Sync()  # OneFlow drops its reference when the tensors' memory is released
+    release_buffers()
+    assert len(activation._POOL[x.numel()]) == 0
+
+
+def test_module_is_an_nn_gelu_and_graphs_use_the_builtin():
+    m = GELU()
+    assert isinstance(m, flow.nn.GELU)
+
+    class G(flow.nn.Graph):
+        def __init__(self):
+            super().__init__()
+            self.m = m
+
+        def build(self, x):
+            return self.m(x)
+
+    x = flow.randn(4, 6)
+    assert np.abs(G()(x).numpy() - flow.nn.functional.gelu(x).numpy()).max() == 0  # lazy: the built-in
+    assert not uses_numpy_path(x.to(flow.float64))

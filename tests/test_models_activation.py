@@ -30,7 +30,7 @@ def test_forward_and_backward_equal_oneflow_gelu():
 
 def test_shapes_repeated_calls_and_pooled_memory():
     """Outputs keep their shape; a pooled buffer is reused only once no tensor holds it."""
-    x = flow.randn(2, 3, 5, 7)
+    x = flow.randn(2, 3, 5, 7 * 2000)
     kept = [gelu(x) for _ in range(3)]  # all alive: three buffers
     assert all(k.shape == x.shape for k in kept)
     assert len(activation._POOL[x.numel()]) >= 3
@@ -61,3 +61,4 @@ def test_module_is_an_nn_gelu_and_graphs_use_the_builtin():
     x = flow.randn(4, 6)
     assert np.abs(G()(x).numpy() - flow.nn.functional.gelu(x).numpy()).max() == 0  # lazy: the built-in
     assert not uses_numpy_path(x.to(flow.float64))
+    assert not uses_numpy_path(flow.randn(4, 6)) and uses_numpy_path(flow.randn(2, 1 << 16))  # small: built-in

@@ -149,10 +149,16 @@ class _NumpyGelu(flow.autograd.Function):
         return _as_tensor(gelu_backward_np(xa, ga, _buffer(xa.shape)), x)
 
 
+MIN_VALUES = 1 << 17  # below, waiting for the input (~0.1-0.5 ms per call) costs more than the scalar kernel
+
+
 def uses_numpy_path(x):
-    """True where :class:`GELU` computes with NumPy: eager float32 CPU tensors, local or global without a
-    partial-sum axis (each rank's part is then a slice of the whole, and GELU is elementwise)."""
+    """True where :class:`GELU` computes with NumPy: eager float32 CPU tensors of at least :data:`MIN_VALUES`
+    values (per rank), local or global without a partial-sum axis (each rank's part is then a slice of the
+    whole, and GELU is elementwise)."""
     if x.dtype != flow.float32 or x.is_lazy or not on_cpu(x):
+        return False
+    if x.numel() // (x.placement.ranks.size if x.is_global else 1) < MIN_VALUES:
         return False
     return not x.is_global or all(s != flow.sbp.partial_sum for s in x.sbp)
 

@@ -5,7 +5,8 @@ broadcast-binary loop with ``erff`` and ``exp`` again: 7.9 ns per value forward 
 project's CPU, 10-20x PyTorch's vectorized kernel (posmlp_t at batch 4: 0.72 s of a 3.7 s train step against
 0.08 s in the official PyTorch code, both measured by ``oneflow_posmlp.bench.profile``). On local CPU tensors
 (and each rank's part of a global CPU tensor) :class:`GELU` computes the same function with NumPy's
-vectorized float32 ufuncs on the tensor's memory (``Tensor.numpy()`` and ``flow.from_numpy`` share it), in
+vectorized float32 ufuncs on the tensor's memory (``Tensor.numpy()`` shares it; the output is a OneFlow tensor written through
+its view), in
 blocks that stay in the L2 cache: 2.5 ns forward, 3 ns backward per value.
 
 ``erf`` is the Abramowitz-Stegun 7.1.26 form (absolute error <= 1.5e-7), the one PyTorch's own vectorized
@@ -21,7 +22,6 @@ The backward recomputes ``q`` from the saved input (as ``nn.GELU``, nothing more
 ``nn.Graph``, on CUDA, and for partial-sum global tensors the built-in ``gelu`` runs.
 """
 import math
-import sys
 
 import numpy as np
 import oneflow as flow
@@ -101,52 +101,31 @@ def _local(t):
     return t.contiguous()
 
 
-_POOL = {}  # number of values -> [float32 arrays]: output memory reused from call to call (no fresh pages)
-
-
-def _buffer(shape):
-    """A float32 array of ``shape`` from the pool: one that no tensor holds any more (``flow.from_numpy``
-    keeps a reference to its array until OneFlow releases the tensor's memory), or a new one."""
-    n = int(np.prod(shape))
-    arrays = _POOL.setdefault(n, [])
-    for a in arrays:
-        if sys.getrefcount(a) <= 3:  # the pool's list, this loop's name, getrefcount's argument
-            return a.reshape(shape)
-    a = np.empty(n, np.float32)
-    arrays.append(a)
-    return a.reshape(shape)
-
-
-def release_buffers():
-    """Drop the pooled output memory that no tensor holds (the pool keeps the peak set of a step's GELU
-    outputs and gradients for the next step, as OneFlow's allocator keeps its own)."""
-    for n in list(_POOL):
-        _POOL[n] = [a for a in _POOL[n] if sys.getrefcount(a) > 3]
-
-
-def _as_tensor(array, ref):
-    """``array`` as a OneFlow tensor (shared memory), placed as ``ref`` (local, or global with its SBP)."""
-    out = flow.from_numpy(array)
+def _apply_np(fn, ref, *tensors):
+    """``fn(*arrays, out)`` on NumPy views of the local parts of ``tensors`` (``Tensor.numpy()`` waits for each
+    and shares its memory), writing into a new tensor from OneFlow's allocator (its memory is reused from step to
+    step, so no fresh pages are faulted in), placed as ``ref`` (local, or global with its SBP). Every array is
+    a view of a tensor that outlives the call: NumPy never owns memory OneFlow reads (arrays wrapped by
+    ``flow.from_numpy`` are released from OneFlow's threads, which crashed the test suite)."""
+    local = [_local(t) for t in tensors]
+    out = flow.empty(*local[0].shape, dtype=flow.float32)
+    fn(*(t.numpy() for t in local), out.numpy())
     return out.to_global(placement=ref.placement, sbp=ref.sbp) if ref.is_global else out
 
 
 class _NumpyGelu(flow.autograd.Function):
-    """The outputs are pooled NumPy arrays wrapped by ``flow.from_numpy`` (no wait); the inputs are read through
-    ``Tensor.numpy()``, which waits for them (the backward waits for ``dy``; ``x`` is ready by then). (No Python
-    attribute is kept on ``ctx``: OneFlow 0.9.0 crashes later when a Function's context holds one.)"""
+    """(No Python attribute is kept on ``ctx``: OneFlow 0.9.0 crashes later when a Function's context holds
+    one.)"""
 
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        xa = _local(x).numpy()
-        return _as_tensor(gelu_forward_np(xa, _buffer(xa.shape)), x)
+        return _apply_np(gelu_forward_np, x, x)
 
     @staticmethod
     def backward(ctx, dy):
         (x,) = ctx.saved_tensors
-        ga = _local(dy).numpy()
-        xa = _local(x).numpy()
-        return _as_tensor(gelu_backward_np(xa, ga, _buffer(xa.shape)), x)
+        return _apply_np(gelu_backward_np, x, x, dy)
 
 
 MIN_VALUES = 1 << 17  # below, waiting for the input (~0.1-0.5 ms per call) costs more than the scalar kernel

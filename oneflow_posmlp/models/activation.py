@@ -108,7 +108,7 @@ def _apply_np(fn, ref, *tensors):
     a view of a tensor that outlives the call: NumPy never owns memory OneFlow reads (arrays wrapped by
     ``flow.from_numpy`` are released from OneFlow's threads, which crashed the test suite)."""
     local = [_local(t) for t in tensors]
-    out = flow.empty(*local[0].shape, dtype=flow.float32)
+    out = flow.empty(*local[0].shape, dtype=flow.float32, device=local[0].device)
     fn(*(t.numpy() for t in local), out.numpy())
     return out.to_global(placement=ref.placement, sbp=ref.sbp) if ref.is_global else out
 

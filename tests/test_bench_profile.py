@@ -4,7 +4,7 @@ import sys
 import oneflow as flow
 import pytest
 
-from oneflow_posmlp.bench.profile import KINDS, kind_of, profile_forward
+from oneflow_posmlp.bench.profile import KINDS, PHASES, Timeline, kind_of, profile_forward, profile_train_step
 from oneflow_posmlp.models import build_model
 from oneflow_posmlp.models.hooks import forward_hooks
 
@@ -33,9 +33,9 @@ def test_profile_times_every_kind_and_leaves_the_model_as_it_was(shift):
     x = flow.randn(2, 3, 32, 32)
     prof = profile_forward(model, x, repeat=1)
     assert snapshot(model) == before  # no attribute, global or class member replaced; hooks and mode restored
-    for kind in ("LayerNorm", "Linear", "Conv2d", "GELU", "BatchNorm2d", "token mixing (group_mix bmm)",
+    for kind in ("LayerNorm", "Linear", "Conv2d", "GELU", "BatchNorm2d", "token mixing (group_mix bmm, permutes)",
                  "positional maps (GQPE/LRPE map, mask, bias)", "PoSGU rest (chunk, u*v)",
-                 "block rest (residual, drop path, shifts)", "window partition/reverse (level permutes)", "other"):
+                 "block rest (residual, shifts)", "window partition/reverse (level permutes)", "other"):
         assert kind in prof["by_kind_ms"] and prof["by_kind_ms"][kind] >= 0, kind
     assert prof["forward_ms"] > 0 and prof["hooked_forward_ms"] > 0 and prof["batch_size"] == 2
     assert sum(prof["by_kind_ms"].values()) == pytest.approx(prof["hooked_forward_ms"], rel=1e-6)
@@ -50,8 +50,7 @@ def test_every_module_kind_of_the_model_is_timed_or_known():
     """The kinds cover the model's compute modules; containers and parameter-free glue are left to their parent."""
     model = build_model(dict(TINY, gate_unit="sgu", shift=True))
     untimed = {type(m).__name__ for m in model.modules() if kind_of(m) is None}
-    assert untimed <= {"PosMLP", "ConvPatchEmbed", "ConvPatchMerging", "Sequential", "Identity", "Dropout",
-                       "DropPath", "ModuleList"}, untimed
+    assert untimed <= {"PosMLP", "ConvPatchEmbed", "ConvPatchMerging", "Sequential", "Identity", "ModuleList"}, untimed
     assert "SGU (dense mixing, gate)" in profile_forward(model, flow.randn(1, 3, 32, 32), repeat=1)["by_kind_ms"]
     assert len({name for _, name in KINDS}) == len(KINDS)
 
@@ -68,3 +67,50 @@ def test_forward_hooks_restore_the_hooks_after_an_error():
         with forward_hooks([(model.head, boom, None)]), flow.no_grad():
             model(flow.zeros(1, 3, 32, 32))
     assert [(list(m._forward_pre_hooks.items()), list(m._forward_hooks.items())) for m in model.modules()] == before
+
+
+def _eager_step(model, drop_path=True):
+    from oneflow_posmlp.config import load_config
+    from oneflow_posmlp.engine.step import build_training, micro_batch_keep
+    from oneflow_posmlp.models.drop import drop_path_modules
+    from oneflow_posmlp.parallel import ParallelContext
+
+    cfg = load_config(None, ["train.batch_size=2", "train.clip_grad=1.0", "dist.device=cpu"])
+    ctx = ParallelContext(cfg["dist"])
+    training = build_training(cfg, model, flow.nn.CrossEntropyLoss(), ctx, updates_per_epoch=1)
+    x, y = flow.randn(2, 3, 32, 32), flow.tensor([1, 3])
+    keep = micro_batch_keep(drop_path_modules(model), 2, ctx, (0, 0, 0)) if drop_path else None
+    return training.step, [(x, y, keep, (0, 0, 0))]
+
+
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_train_step_profile_times_forward_backward_and_phases(clock):
+    model = build_model(dict(TINY, drop_path_rate=0.1))
+    before = snapshot(model)
+    step, batches = _eager_step(model)
+    w0 = model.head.weight.numpy().copy()
+    prof = profile_train_step(step, batches, repeat=1, clock=clock)
+    assert snapshot(model) == before  # hooks restored, nothing replaced
+    assert not (model.head.weight.numpy() == w0).all()  # the optimizer stepped, as in training
+    kinds = prof["by_kind_ms"]
+    for kind in ("Linear", "GELU", "LayerNorm", "Conv2d", "token mixing (group_mix bmm, permutes)", "drop path",
+                 "PoSGU rest (chunk, u*v)", "loss"):
+        assert kinds[kind]["forward"] > 0 and kinds[kind]["backward"] > 0, kind
+    assert set(prof["phases_ms"]) == set(PHASES) and all(v > 0 for v in prof["phases_ms"].values())
+    total = prof["forward_ms"] + prof["backward_ms"] + sum(prof["phases_ms"].values())
+    assert total <= prof["hooked_step_ms"] * 1.0001 and total >= 0.5 * prof["hooked_step_ms"]
+    assert prof["allreduce_ms"] is None and prof["batch_size"] == 2 and prof["clock"] == clock
+
+
+def test_timeline_gives_each_interval_to_the_innermost_open_region():
+    ticks = iter([0.0, 1.0, 3.0, 6.0, 10.0, 15.0])
+    tl = Timeline(clock=lambda: next(ticks))
+    a, b = object(), object()
+    tl.push(a, "a")   # t=0
+    tl.push(b, "b")   # t=1: a gets 1
+    tl.pop(a)         # t=3: b (innermost) gets 2; a closes out of order
+    tl.pop(a)         # closed already: nothing happens, no clock read
+    tl.push(a, "a")   # t=6: b gets 3
+    tl.pop(b)         # t=10: a gets 4
+    tl.close_all()    # t=15: a gets 5
+    assert dict(tl.totals) == {"a": 10.0, "b": 5.0}

@@ -39,7 +39,16 @@ def test_every_mode_runs_and_reports(tiny_yaml):
         assert ("train_step" in r) == mode.startswith("train"), mode
     assert res["params"] == sum(p.numel() for p in build_model(TINY).parameters())
     assert res["flops_per_image"] == sum(res["flops_by_kind"].values()) == 332416
+    peak = res["peak"]["peak_flops"]
+    assert peak > 1e9 and "measured" in res["peak"]["source"]
+    for mode, r in res["modes"].items():  # MFU from the counter: train steps are 3x the forward
+        factor = 3 if mode.startswith("train") else 1
+        assert r["flops_per_image"] == factor * 332416, mode
+        assert r["achieved_flops_per_device"] == pytest.approx(r["images_per_s"] * factor * 332416), mode
+        assert r["mfu"] == pytest.approx(r["achieved_flops_per_device"] / peak), mode
+        assert 0 < r["mfu_cpu_time"] and r["cpu_ms_min"] > 0, mode
     assert "LayerNorm" in res["profile"]["by_kind_ms"]
+    assert res["train_profile"]["by_kind_ms"]["Linear"]["backward"] > 0
     table = format_table(res)
     assert all(mode in table for mode in MODES) and "LayerNorm" in table and "weight decay 0.067, 0" in table
     json.loads(json.dumps(res, default=str))

@@ -1,5 +1,6 @@
 """Benchmark a PosMLP on synthetic data: images/s of train and eval steps, eager and nn.Graph, graph compile
-seconds, memory, parameters and FLOPs per image; with --profile, where the eager forward spends its time.
+seconds, memory, parameters, FLOPs per image and model FLOPs utilisation (MFU); with --profile, where the eager
+forward and train step spend their time.
 
     python tools/benchmark.py --model posmlp_t --batch-size 8 [--steps 5 --warmup 1] [--profile] [--json out.json]
     python tools/benchmark.py --config configs/demo.yaml --batch-size 32 --modes train-eager,train-graph
@@ -61,7 +62,12 @@ def parse_args(argv=None):
     p.add_argument("--modes", default=MODES, help=f"comma-separated subset of {MODES} (default: all)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: the config's dist.device (cpu)")
     p.add_argument("--amp", action="store_true", help="CUDA only: float16 autocast (graphs: AMP with loss scaling)")
-    p.add_argument("--profile", action="store_true", help="also time the eager forward by module kind")
+    p.add_argument("--profile", action="store_true",
+                   help="also time the eager forward by module kind, and with a train mode the eager train step's "
+                        "forward and backward by module kind and its optimizer phases")
+    p.add_argument("--profile-clock", choices=("wall", "cpu"), default="wall",
+                   help="the profile's clock: wall seconds, or this process's CPU seconds (steadier on a shared "
+                        "machine; default wall)")
     p.add_argument("--json", metavar="PATH", help="write the results here")
     add_verbose(p)
     args = p.parse_args(argv)
@@ -116,7 +122,8 @@ def main(argv=None):
                                    img_size=img_size, device=args.device, amp=args.amp)
             check_request(args.batch_size, args.steps, args.warmup, modes, cfg["dist"]["device"], args.amp, world)
             result = run_benchmark(cfg, modes=modes, steps=args.steps, warmup=args.warmup, profile=args.profile,
-                                   label=f"{args.config} model" if args.config else None)
+                                   label=f"{args.config} model" if args.config else None,
+                                   profile_clock=args.profile_clock)
         except BenchmarkError as err:
             return _error(err)
         if int(os.environ.get("RANK", "0")) > 0:

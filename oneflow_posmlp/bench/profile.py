@@ -1,26 +1,38 @@
-"""The eager forward's time by module kind, measured with forward hooks only.
+"""Where a step's time goes, by module kind: the eager forward (eval), and the eager train step's forward,
+backward and optimizer phases.
 
-A pre-hook and a post-hook on every module of a timed kind synchronise (OneFlow runs kernels
-asynchronously) and read the clock; each kind gets its modules' **exclusive** time (a module's time minus
-that of timed modules inside it). Nothing of the model is replaced: the hooks are registered for the
-profile and the modules' hook dictionaries are restored afterwards (``models/hooks.py``).
-``oneflow.profiler`` is not used: it aborts the process on a machine without a CUDA driver in OneFlow 0.9.0.
+**Forward** (:func:`profile_forward`): a pre-hook and a post-hook on every module of a timed kind synchronise
+(OneFlow runs kernels asynchronously) and read the clock; each kind gets its modules' **exclusive** time (a
+module's time minus that of timed modules inside it). **Backward** (:func:`profile_train_step`): the same
+forward hooks also put a gradient hook (``Tensor.register_hook``) on each timed module's output, which marks
+the start of that module's backward (its output's gradient is complete), and on its inputs, which marks the
+end (their gradients are computed); every hook synchronises, and the time between two marks goes to the
+module whose backward is innermost then. Parameter gradients, and under data parallelism their all-reduce
+(OneFlow reduces a ``broadcast`` parameter's ``partial_sum`` gradient as it accumulates it), are computed
+inside the backward of the module that owns them. Nothing of the model is replaced: the hooks are
+registered for the profile and the modules' hook dictionaries are restored afterwards (``models/hooks.py``);
+tensor hooks live on that step's tensors only. ``oneflow.profiler`` is not used: it aborts the process on a
+machine without a CUDA driver in OneFlow 0.9.0.
 
 Kinds and what their exclusive time holds:
 
-- the layers: ``LayerNorm`` (the CPU-fast ``models/norm.py`` one too), ``BatchNorm2d``, ``Linear`` (with the
-  group-major weight gather of ``models.layers.Linear``), ``Conv2d`` (with its CPU bias add), ``GELU``;
-- ``token mixing``: the group-wise batched matmuls, :class:`~oneflow_posmlp.models.token_mixing.GroupMix`
-  (a parameterless module the positional maps call, so its time is its own);
+- the layers: ``LayerNorm`` (the CPU-fast ``models/norm.py`` one too: normalisation and affine), ``BatchNorm2d``,
+  ``Linear`` (with the group-major weight gather of ``models.layers.Linear``), ``Conv2d`` (with its CPU bias
+  add), ``GELU``, ``drop path`` (the per-sample scaling), ``dropout``;
+- ``token mixing``: the group-wise batched matmuls and their permutes,
+  :class:`~oneflow_posmlp.models.token_mixing.GroupMix` (a parameterless module the positional maps call, so
+  its time is its own);
 - ``positional maps``: the rest of a GQPE/LRPE module: building the ``(Wm, S, N, N)`` map (in eval the cache
   check instead: maps are computed once per weights version), the gate and shift mask, the absolute bias;
-- ``PoSGU rest`` (``chunk``, ``u * v``) and ``SGU`` (its dense mixing and gate; its norms are LayerNorm);
-- ``block rest``: a PosMLP block's own operations (residual add, drop path; in shifted blocks the roll and
-  their window partition/reverse);
+- ``PoSGU rest`` (``chunk``, the gating product ``u * v``) and ``SGU`` (its dense mixing and gate; its norms are
+  LayerNorm);
+- ``block rest``: a PosMLP block's own operations (the residual add; in shifted blocks the roll and their
+  window partition/reverse);
 - ``window partition/reverse``: a level's own operations, which are the window partition and reverse of its
   unshifted blocks and the level's two layout permutes (the functions of ``models/windows.py`` are plain
   calls, not modules: they are folded into the level that calls them rather than made modules);
-- ``other``: the rest of the hooked forward (stem glue, pooling, head, dropout, top-level permutes).
+- ``loss``: the criterion (soft-target or label-smoothing cross entropy);
+- ``other``: the rest of the hooked forward (stem glue, pooling, head, top-level permutes) or backward.
 """
 import time
 from collections import defaultdict
@@ -28,6 +40,9 @@ from collections import defaultdict
 import oneflow as flow
 import oneflow.nn as nn
 
+from ..engine.optim import clip_gradients
+from ..engine.randomness import seed_oneflow
+from ..models.drop import DropPath, Dropout, set_drop_path_keep
 from ..models.hooks import forward_hooks
 from ..models.layers import PosMLPLayer, PosMLPLevel
 from ..models.posgu import SGU, PoSGU
@@ -41,15 +56,27 @@ KINDS = (
     (nn.Linear, "Linear"),
     (nn.Conv2d, "Conv2d"),
     (nn.GELU, "GELU"),
-    (GroupMix, "token mixing (group_mix bmm)"),
+    (DropPath, "drop path"),
+    (Dropout, "dropout"),
+    (GroupMix, "token mixing (group_mix bmm, permutes)"),
     (TokenMap, "positional maps (GQPE/LRPE map, mask, bias)"),
     (PoSGU, "PoSGU rest (chunk, u*v)"),
     (SGU, "SGU (dense mixing, gate)"),
-    (PosMLPLayer, "block rest (residual, drop path, shifts)"),
+    (PosMLPLayer, "block rest (residual, shifts)"),
     (PosMLPLevel, "window partition/reverse (level permutes)"),
 )
+LOSS = "loss"
+OTHER = "other"
 NOTE = ("eager forward, eval mode, no grad; exclusive time per module kind (forward hooks with a synchronisation "
         "at every timed boundary); % of the hooked forward")
+TRAIN_NOTE = ("eager train step (the trainer's EagerStep sequence), exclusive time per module kind: forward hooks, "
+              "and gradient hooks on each timed module's output (its backward starts) and inputs (it ends), every "
+              "hook synchronising; parameter gradients and their data-parallel all-reduce fall in the backward of "
+              "the module owning them; % of the hooked step")
+# "cpu": this process's CPU seconds (every thread: the Python thread and OneFlow's compute thread), which the other
+# jobs of a shared machine hardly change (a process computes on one core); "wall": elapsed seconds.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+PHASES = ("inputs (to_global, drop-path masks)", "clipping (grad norm, scale)", "AdamW step", "zero_grad")
 
 
 def kind_of(module):
@@ -60,42 +87,75 @@ def kind_of(module):
     return None
 
 
+class Timeline:
+    """Exclusive time of nested, possibly interleaved regions: ``push(token, key)`` opens a region, ``pop(token)``
+    closes it (wherever it is in the stack; closing a closed token does nothing); the time between two events
+    goes to the innermost open region's key (none open: not counted). Every event synchronises first."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.totals = defaultdict(float)
+        self.stack = []  # [(token, key)]
+        self.last = None
+
+    def _advance(self):
+        sync()
+        now = self.clock()
+        if self.stack and self.last is not None:
+            self.totals[self.stack[-1][1]] += now - self.last
+        self.last = now
+
+    def push(self, token, key):
+        self._advance()
+        self.stack.append((token, key))
+
+    def pop(self, token):
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i][0] is token:
+                self._advance()
+                del self.stack[i]
+                return
+
+    def close_all(self):
+        self._advance()
+        self.stack.clear()
+
+
 class ExclusiveTimer:
     """Times nested regions; each region's own time (minus nested regions) goes to its kind."""
 
-    def __init__(self):
-        self.totals = defaultdict(float)
-        self.stack = []  # [kind, start, time of nested regions]
+    def __init__(self, clock=time.perf_counter):
+        self.timeline = Timeline(clock)
+        self.totals = self.timeline.totals
+        self.open = []
 
     def enter(self, kind):
-        sync()
-        self.stack.append([kind, time.perf_counter(), 0.0])
+        token = object()
+        self.open.append(token)
+        self.timeline.push(token, kind)
 
     def exit(self):
-        sync()
-        kind, start, nested = self.stack.pop()
-        spent = time.perf_counter() - start
-        self.totals[kind] += spent - nested
-        if self.stack:
-            self.stack[-1][2] += spent
+        self.timeline.pop(self.open.pop())
 
 
-def _mean_forward(model, x, repeat):
+def _mean_forward(model, x, repeat, clock=time.perf_counter):
     sync()
-    start = time.perf_counter()
+    start = clock()
     for _ in range(repeat):
         model(x)
     sync()
-    return (time.perf_counter() - start) / repeat
+    return (clock() - start) / repeat
 
 
-def profile_forward(model, x, repeat=3):
+def profile_forward(model, x, repeat=3, clock="wall"):
     """Eager forward time (eval mode, no grad) of ``model`` on the batch ``x`` by module kind (:data:`KINDS`):
     ``{"forward_ms", "hooked_forward_ms", "repeat", "batch_size", "by_kind_ms", "note"}``. ``forward_ms`` is an
     unhooked forward; the per-kind figures come from hooked ones (``hooked_forward_ms``: the synchronisation
     adds a little), sorted by time, with ``other`` the hooked forward's time outside every timed module.
-    The model's train/eval mode and hooks are as before afterwards."""
-    timer = ExclusiveTimer()
+    ``clock``: ``"wall"`` or ``"cpu"`` (:data:`CLOCKS`). The model's train/eval mode and hooks are as before
+    afterwards."""
+    tick = CLOCKS[clock]
+    timer = ExclusiveTimer(tick)
 
     def pre(m, inputs):
         timer.enter(kind_of(m))
@@ -108,14 +168,186 @@ def profile_forward(model, x, repeat=3):
     try:
         with flow.no_grad():
             model(x)  # warm-up
-            plain = _mean_forward(model, x, repeat)
+            plain = _mean_forward(model, x, repeat, tick)
             with forward_hooks((m, pre, post) for m in model.modules() if kind_of(m) is not None):
                 model(x)  # warm-up with hooks
                 timer.totals.clear()
-                hooked = _mean_forward(model, x, repeat)
+                hooked = _mean_forward(model, x, repeat, tick)
     finally:
         model.train(was_training)
     rows = {k: v / repeat * 1000 for k, v in timer.totals.items()}
-    rows["other"] = max(hooked * 1000 - sum(rows.values()), 0.0)
+    rows[OTHER] = max(hooked * 1000 - sum(rows.values()), 0.0)
     return {"forward_ms": plain * 1000, "hooked_forward_ms": hooked * 1000, "repeat": repeat,
-            "batch_size": x.shape[0], "by_kind_ms": dict(sorted(rows.items(), key=lambda kv: -kv[1])), "note": NOTE}
+            "batch_size": x.shape[0], "by_kind_ms": dict(sorted(rows.items(), key=lambda kv: -kv[1])), "clock": clock,
+            "note": NOTE}
+
+
+# ----------------------------------------------------------------------------- the train step
+def _grad_tensors(obj):
+    """The tensors in a module's inputs or output (a tensor, or a tuple/list of them) that take gradients."""
+    items = obj if isinstance(obj, (tuple, list)) else (obj,)
+    return [t for t in items if isinstance(t, flow.Tensor) and t.requires_grad]
+
+
+class _TrainHooks:
+    """Forward and backward marks of every timed module (and the criterion) on one :class:`Timeline`, keyed
+    ``(kind, "forward" | "backward")``."""
+
+    def __init__(self, timeline, criterion=None):
+        self.timeline = timeline
+        self.criterion = criterion
+        self.open = {}  # id(module) -> [(forward token, backward token)] (a module may be called more than once)
+
+    def kind(self, m):
+        return LOSS if m is self.criterion else kind_of(m)
+
+    def pre(self, m, inputs):
+        token, back = object(), object()
+        self.open.setdefault(id(m), []).append((token, back))
+        self.timeline.push(token, (self.kind(m), "forward"))
+        ends = _grad_tensors(inputs)
+        pending = set(range(len(ends)))
+
+        def end(i):  # the backward of this call ends when every input's gradient is computed
+            def hook(grad):
+                pending.discard(i)
+                if not pending:
+                    self.timeline.pop(back)
+            return hook
+
+        for i, t in enumerate(ends):
+            t.register_hook(end(i))
+
+    def post(self, m, inputs, out):
+        token, back = self.open[id(m)].pop()
+        self.timeline.pop(token)
+        kind = self.kind(m)
+        inputs = {id(t) for t in _grad_tensors(inputs)}
+        starts = [t for t in _grad_tensors(out) if id(t) not in inputs]  # an identity (dropout 0) has no backward
+
+        def start(grad):  # the output's gradient is complete: this call's backward starts (once)
+            if not started:
+                started.append(True)
+                self.timeline.push(back, (kind, "backward"))
+
+        started = []
+        for t in starts:
+            t.register_hook(start)
+
+    def hooks(self, model):
+        mods = [m for m in model.modules() if kind_of(m) is not None]
+        if isinstance(self.criterion, nn.Module):
+            mods.append(self.criterion)
+        return [(m, self.pre, self.post) for m in mods]
+
+
+def _phased_update(step, micro_batches, timeline, phase_token):
+    """One update of the eager step object ``step`` (:class:`~oneflow_posmlp.engine.step.EagerStep`: the
+    trainer's sequence, without AMP) with each phase opened on ``timeline``."""
+    ctx, model = step.ctx, step.model
+
+    def phase(name):
+        token = object()
+        timeline.push(token, name)
+        return token
+
+    for x, y, keep, seed_step in micro_batches:
+        seed_oneflow(*seed_step)
+        t = phase(PHASES[0])
+        x, y = ctx.to_global_batch(x, y)
+        set_drop_path_keep(step.drop_paths, None if keep is None else ctx.to_global_batch(keep))
+        timeline.pop(t)
+        t = phase((OTHER, "forward"))
+        loss = step.criterion(model(x), y)
+        timeline.pop(t)
+        t = phase((OTHER, "backward"))
+        (loss / step.accum).backward()
+        timeline.close_all()  # modules whose inputs take no gradient (the stem) end with the backward
+        timeline.push(phase_token, None)  # (an uncounted base: the time between phases is not a phase)
+        set_drop_path_keep(step.drop_paths, None)
+    t = phase(PHASES[1])
+    clip_gradients(step.optimizer, step.clip_grad, step.clip_scope, ctx.clip_grad_norm_)
+    timeline.pop(t)
+    t = phase(PHASES[2])
+    step.optimizer.step()
+    timeline.pop(t)
+    t = phase(PHASES[3])
+    step.optimizer.zero_grad()
+    timeline.pop(t)
+
+
+def allreduce_ms(params, repeat=1):
+    """Milliseconds to all-reduce one gradient per parameter of ``params`` (global, ``broadcast``) on their
+    placement: ``partial_sum`` tensors of their shapes brought to ``broadcast``, each synchronised, as the
+    data-parallel backward does; the best of ``repeat``. None for local parameters."""
+    params = [p for p in params if p.is_global and all(s == flow.sbp.broadcast for s in p.sbp)]
+    if not params:
+        return None
+    partial = [flow.sbp.partial_sum] * len(params[0].sbp)
+    grads = [flow.zeros(p.shape, placement=p.placement, sbp=p.sbp).to_global(sbp=partial) for p in params]
+    best = None
+    for _ in range(repeat):
+        sync()
+        start = time.perf_counter()
+        for g in grads:
+            g.to_global(sbp=[flow.sbp.broadcast] * len(g.sbp))
+        sync()
+        spent = (time.perf_counter() - start) * 1000
+        best = spent if best is None else min(best, spent)
+    return best
+
+
+def profile_train_step(step, micro_batches, repeat=2, clock="wall"):
+    """The eager train step of ``step`` (an :class:`~oneflow_posmlp.engine.step.EagerStep`) on
+    ``micro_batches`` ``[(x, y, keep, seed_step)]`` (one update) by module kind and phase. Returns
+    ``{"step_ms", "hooked_step_ms", "repeat", "batch_size", "forward_ms", "backward_ms", "by_kind_ms":
+    {kind: {"forward": ms, "backward": ms}}, "phases_ms": {phase: ms}, "allreduce_ms", "note"}``:
+    ``step_ms`` an unhooked update (the same sequence, synchronised once at its end), the rest from hooked
+    ones (mean of ``repeat``, after one unhooked and one hooked warm-up update). ``allreduce_ms`` (several data-parallel
+    ranks only): the gradients' all-reduce timed apart (it is part of the backward figures). The optimizer
+    steps as in training; hooks are as before afterwards. ``clock``: ``"wall"`` or ``"cpu"`` (:data:`CLOCKS`)."""
+    model = step.model
+    tick = CLOCKS[clock]
+    timeline = Timeline(tick)
+    base = object()
+    was_training = model.training
+    model.train()
+    try:
+        _phased_update(step, micro_batches, Timeline(tick), base)  # warm-up
+        sync()
+        start = tick()
+        for _ in range(repeat):
+            _phased_update(step, micro_batches, Timeline(tick), base)
+        sync()
+        plain = (tick() - start) / repeat
+        hooks = _TrainHooks(timeline, step.criterion)
+        with forward_hooks(hooks.hooks(model)):
+            _phased_update(step, micro_batches, timeline, base)  # warm-up with hooks
+            timeline.totals.clear()
+            sync()
+            start = tick()
+            for _ in range(repeat):
+                timeline.stack.clear()
+                timeline.last = None
+                _phased_update(step, micro_batches, timeline, base)
+            sync()
+            hooked = (tick() - start) / repeat
+    finally:
+        model.train(was_training)
+    by_kind, phases = defaultdict(lambda: {"forward": 0.0, "backward": 0.0}), {}
+    for key, seconds in timeline.totals.items():
+        if key is None:
+            continue
+        ms = seconds / repeat * 1000
+        if isinstance(key, tuple):
+            by_kind[key[0]][key[1]] += ms
+        else:
+            phases[key] = ms
+    by_kind = dict(sorted(by_kind.items(), key=lambda kv: -(kv[1]["forward"] + kv[1]["backward"])))
+    return {"step_ms": plain * 1000, "hooked_step_ms": hooked * 1000, "repeat": repeat,
+            "batch_size": sum(int(mb[0].shape[0]) for mb in micro_batches),
+            "forward_ms": sum(v["forward"] for v in by_kind.values()),
+            "backward_ms": sum(v["backward"] for v in by_kind.values()),
+            "by_kind_ms": by_kind, "phases_ms": {p: phases.get(p, 0.0) for p in PHASES},
+            "allreduce_ms": allreduce_ms(step.params) if step.ctx.data_parallel > 1 else None, "clock": clock,
+            "note": TRAIN_NOTE}

@@ -2,6 +2,8 @@
 import json
 import os
 
+from ..engine.mfu import describe_peak
+
 
 def _fmt_flops(flops):
     return f"{flops / 1e9:.2f} GFLOPs" if flops >= 1e8 else f"{flops / 1e6:.2f} MFLOPs"
@@ -45,13 +47,20 @@ def format_table(result):
     train_step = _train_step(result)
     if train_step:
         lines.append(train_step)
+    peak = result.get("peak")
+    if peak:
+        lines.append(describe_peak(peak) + f"; MFU = img/s x FLOPs per image (train: 3x the forward) / "
+                     f"{result.get('ranks', 1)} device(s) / peak; MFU(cpu) from the fastest step's CPU seconds")
     lines += [f"step = wall time from launch to last kernel, mean of {result['steps']} timed steps after "
               f"{result['warmup']} warm-up; compile = a graph's first call (compile + 1 step); memory after each "
               f"mode (peak = process high-water mark)",
-              f"{'mode':<12} {'img/s':>9} {'step ms':>9} {'min ms':>9} {'compile s':>10} {'peak RSS MB':>12} "
-              f"{'peak +MB':>9} {'RSS delta MB':>13}"]
+              f"{'mode':<12} {'img/s':>9} {'step ms':>9} {'min ms':>9} {'cpu ms':>9} {'GFLOP/s/dev':>11} {'MFU':>6} "
+              f"{'MFU(cpu)':>8} {'compile s':>10} {'peak RSS MB':>12} {'peak +MB':>9} {'RSS delta MB':>13}"]
     for mode, r in result["modes"].items():
+        achieved = r.get("achieved_flops_per_device")
         lines.append(f"{mode:<12} {r['images_per_s']:>9.2f} {r['step_ms']:>9.0f} {r['step_ms_min']:>9.0f} "
+                     f"{_fmt(r.get('cpu_ms_min'), '.0f'):>9} {_fmt(achieved and achieved / 1e9, '.1f'):>11} "
+                     f"{_fmt(r.get('mfu'), '.3f'):>6} {_fmt(r.get('mfu_cpu_time'), '.3f'):>8} "
                      f"{_fmt(r.get('compile_s'), '.1f'):>10} {r['peak_rss_mb']:>12.0f} "
                      f"{r['peak_rss_growth_mb']:>9.0f} {_fmt(r['rss_delta_mb'], '.0f'):>13}"
                      + (f"  gpu {_fmt(r.get('gpu_used_mb'), '.0f')} MB" if result["device"] == "cuda" else ""))
@@ -61,7 +70,26 @@ def format_table(result):
                      f"unhooked, {p['hooked_forward_ms']:.0f} ms hooked (mean of {p['repeat']}):")
         for kind, ms in p["by_kind_ms"].items():
             lines.append(f"  {kind:<44} {ms:>9.1f} ms {100 * ms / p['hooked_forward_ms']:>6.1f}%")
+    if "train_profile" in result:
+        lines += format_train_profile(result["train_profile"])
     return "\n".join(lines)
+
+
+def format_train_profile(p):
+    """The lines of a train-step profile (``bench.profile.profile_train_step``)."""
+    total = p["hooked_step_ms"]
+    lines = [f"eager train step (batch {p['batch_size']} per rank) by kind, {p['clock']} clock: {p['step_ms']:.0f} ms "
+             f"per step unhooked, {total:.0f} ms hooked (mean of {p['repeat']}); forward {p['forward_ms']:.0f} ms, "
+             f"backward {p['backward_ms']:.0f} ms:",
+             f"  {'kind':<44} {'forward ms':>11} {'backward ms':>12} {'% of step':>10}"]
+    for kind, v in p["by_kind_ms"].items():
+        lines.append(f"  {kind:<44} {v['forward']:>11.1f} {v['backward']:>12.1f} "
+                     f"{100 * (v['forward'] + v['backward']) / total:>9.1f}%")
+    for phase, ms in p["phases_ms"].items():
+        lines.append(f"  {phase:<44} {ms:>24.1f} {100 * ms / total:>9.1f}%")
+    if p.get("allreduce_ms") is not None:
+        lines.append(f"  gradient all-reduce alone (inside the backward above) {p['allreduce_ms']:>15.1f} ms")
+    return lines
 
 
 def write_json(result, path):

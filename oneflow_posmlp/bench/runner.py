@@ -41,6 +41,7 @@ import oneflow as flow
 from ..config import load_config
 from ..data import build_mixup, build_train_criterion
 from ..engine.evaluate import eval_forward, eval_logits
+from ..engine.mfu import TRAIN_FACTOR, device_peak, mfu
 from ..engine.randomness import numpy_seeded
 from ..engine.step import build_training, micro_batch_keep
 from ..models import build_model
@@ -48,7 +49,7 @@ from ..models.drop import drop_path_modules
 from ..models.flops import FLOPS_NOTE, count_flops
 from ..parallel import ParallelContext
 from .measure import current_rss_mb, environment, gpu_used_mb, peak_rss_mb, sync
-from .profile import profile_forward
+from .profile import profile_forward, profile_train_step
 
 MODES = ("train-eager", "train-graph", "eval-eager", "eval-graph")
 
@@ -122,6 +123,7 @@ class Bench:
         flow.manual_seed(self.seed)
         self.model = build_model(cfg["model"])
         self.flops, self.flops_by_kind = count_flops(self.model)  # on the local model, one image
+        self.peak = device_peak(ctx.device, self.amp)  # measured once per process on CPU (one core's sgemm)
         ctx.apply(self.model)
         self.drop_paths = drop_path_modules(self.model)
         m = self.model
@@ -179,6 +181,17 @@ class Bench:
         return step, forward
 
 
+def profile_train(bench, repeat, clock):
+    """The eager train step by module kind and phase (``profile.profile_train_step``) on the benchmark's batch."""
+    bench.model.train()
+    training = bench.training(graph=False)
+    batches = []
+    for i, (x, y) in enumerate(bench.micro_batches):
+        seed_step = (bench.seed, 0, i)
+        batches.append((x, y, micro_batch_keep(bench.drop_paths, bench.micro, bench.ctx, seed_step), seed_step))
+    return profile_train_step(training.step, batches, repeat=repeat, clock=clock)
+
+
 def describe_training(training):
     """The train step's optimizer settings as built (read off the optimizer, not the config): JSON-able.
     ``clip_grad``: the eager step's clipping norm, or the graph's in-optimizer ``clip_grad_max_norm``."""
@@ -194,7 +207,8 @@ def describe_training(training):
 
 # ----------------------------------------------------------------------------- timing
 def _timed(step, warmup, steps):
-    """``(seconds of the first call, [seconds of each timed call])``, synchronising after every call."""
+    """``(seconds of the first call, [seconds of each timed call], [CPU seconds of each])``, synchronising after
+    every call; CPU seconds are this process's (every thread), which other jobs on the machine hardly change."""
     start = time.perf_counter()
     step()
     sync()
@@ -202,13 +216,29 @@ def _timed(step, warmup, steps):
     for _ in range(warmup - 1):
         step()
     sync()
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         step()
         sync()
         times.append(time.perf_counter() - start)
-    return first, times
+        cpu.append(time.process_time() - cpu0)
+    return first, times, cpu
+
+
+def mode_mfu(bench, mode, entry):
+    """The mode's FLOPs and MFU (``engine/mfu.py``): FLOPs per image of the step (3x the forward for train),
+    achieved FLOP/s per device from the mean step, MFU against ``bench.peak``; and ``mfu_cpu_time``, the same
+    from the fastest step's CPU seconds on this rank (robust to other jobs on a shared machine; one process
+    computes on one core)."""
+    train = mode.startswith("train")
+    per_image = bench.flops * (TRAIN_FACTOR if train else 1)
+    achieved, value = mfu(entry["images_per_s"], bench.flops, bench.ctx.world, bench.peak["peak_flops"], train)
+    out = {"flops_per_image": per_image, "achieved_flops_per_device": achieved, "mfu": value}
+    if bench.ctx.device == "cpu" and bench.peak["peak_flops"]:
+        local = bench.batch_size / bench.ctx.world  # this rank's images per step
+        out["mfu_cpu_time"] = local * per_image / (entry["cpu_ms_min"] / 1000) / bench.peak["peak_flops"]
+    return out
 
 
 def run_mode(bench, mode, warmup, steps):
@@ -217,11 +247,13 @@ def run_mode(bench, mode, warmup, steps):
     rss0, peak0 = current_rss_mb(), peak_rss_mb()
     wall0 = time.perf_counter()
     step, held = bench.make_step(mode)
-    first, times = _timed(step, warmup, steps)
+    first, times, cpu = _timed(step, warmup, steps)
     wall = time.perf_counter() - wall0
     mean = sum(times) / len(times)
     entry = {"images_per_s": bench.batch_size / mean, "step_ms": mean * 1000, "step_ms_min": min(times) * 1000,
-             "step_ms_max": max(times) * 1000, "timed_steps": len(times), "first_call_s": first, "wall_s": wall}
+             "step_ms_max": max(times) * 1000, "timed_steps": len(times), "first_call_s": first, "wall_s": wall,
+             "cpu_ms": sum(cpu) / len(cpu) * 1000, "cpu_ms_min": min(cpu) * 1000}
+    entry.update(mode_mfu(bench, mode, entry))
     if mode.endswith("graph"):
         entry["compile_s"] = first  # the graph's first call: compilation plus one step
         entry["compile_only_s"] = max(first - mean, 0.0)  # minus one timed step: the compilation alone, roughly
@@ -238,7 +270,8 @@ def run_mode(bench, mode, warmup, steps):
     return entry
 
 
-def run_benchmark(cfg, modes=MODES, steps=5, warmup=1, profile=False, profile_repeat=None, label=None):
+def run_benchmark(cfg, modes=MODES, steps=5, warmup=1, profile=False, profile_repeat=None, label=None,
+                  profile_clock="wall"):
     """Benchmark the config ``cfg`` (:func:`benchmark_config`) on synthetic images and labels; returns a
     JSON-able dict (``oneflow_posmlp.bench.report.format_table`` prints it). ``label`` names the model in the
     output (default: the registry name, or ``custom``). Raises :class:`BenchmarkError` for a bad request."""
@@ -253,6 +286,7 @@ def run_benchmark(cfg, modes=MODES, steps=5, warmup=1, profile=False, profile_re
         "batch_size": bench.batch_size, "img_size": list(net.img_size), "device": device, "amp": bench.amp,
         "params": sum(p.numel() for p in net.parameters()),
         "flops_per_image": bench.flops, "flops_by_kind": bench.flops_by_kind, "flops_note": FLOPS_NOTE,
+        "peak": bench.peak,
         "steps": steps, "warmup": warmup, "grad_accum_steps": bench.accum, **environment(),
         "ranks": ctx.world, "layout": {"data_parallel": ctx.data_parallel, "tensor_parallel": ctx.tensor_parallel,
                                        "pipeline_parallel": ctx.pipeline_parallel},
@@ -263,5 +297,7 @@ def run_benchmark(cfg, modes=MODES, steps=5, warmup=1, profile=False, profile_re
     for mode in modes:
         result["modes"][mode] = run_mode(bench, mode, warmup, steps)
     if profile:
-        result["profile"] = profile_forward(net, bench.eval_x, repeat=profile_repeat or steps)
+        result["profile"] = profile_forward(net, bench.eval_x, repeat=profile_repeat or steps, clock=profile_clock)
+        if any(m.startswith("train") for m in modes):
+            result["train_profile"] = profile_train(bench, repeat=profile_repeat or steps, clock=profile_clock)
     return result

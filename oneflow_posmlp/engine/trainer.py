@@ -30,6 +30,7 @@ from ..models.drop import drop_path_modules
 from ..parallel import ParallelContext
 from .evaluate import evaluate
 from .logger import CsvLog, TensorBoardWriter, setup_logging
+from .mfu import TrainMfu
 from .optim import build_ema
 from .randomness import numpy_seeded
 from .state import load_training_state, rng_preserved, rng_state, save_training_state, set_rng_state
@@ -74,6 +75,7 @@ class Trainer:
             self._load_init(init_arrays, init)
         if state:
             self.model.load_state_dict(state["model"])
+        self.mfu = TrainMfu(self.model, self.ctx, amp=t["amp"] and self.ctx.device == "cuda")  # on the local model
         self.ema = build_ema(self.model, t)
         if state and self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
@@ -418,12 +420,14 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def _log_step(self, loss, grad_norm, speed, data_time):
+        mfu = self.mfu.of(speed)  # engine/mfu.py; NaN where the device's peak is unknown
+        mfu = float("nan") if mfu is None else mfu
         self.log.info(f"epoch {self.epoch} update {self.updates}: loss {loss:.4f} lr {self._lr():.3e} "
-                      f"grad_norm {grad_norm:.3f} {speed:.1f} img/s data {data_time * 1000:.0f} ms")
+                      f"grad_norm {grad_norm:.3f} {speed:.1f} img/s MFU {mfu:.3f} data {data_time * 1000:.0f} ms")
         if self.tb:
             for tag, value in (("train/loss", loss), ("train/lr", self._lr()), ("train/grad_norm", grad_norm),
-                               ("train/images_per_sec", speed), ("train/data_time", data_time)):
-                if not math.isnan(value):  # the grad norm of a graph with accumulation is not known
+                               ("train/images_per_sec", speed), ("train/mfu", mfu), ("train/data_time", data_time)):
+                if not math.isnan(value):  # the grad norm of a graph with accumulation, an MFU without a known peak
                     self.tb.add_scalar(tag, value, self.updates)
             if self.step.loss_scale is not None:
                 self.tb.add_scalar("train/loss_scale", self.step.loss_scale, self.updates)

@@ -2,6 +2,7 @@
 import oneflow as flow
 import oneflow.nn as nn
 
+from .activation import GELU
 from .cpu import on_cpu
 from .norm import LayerNorm
 
@@ -34,7 +35,7 @@ class ConvPatchEmbed(nn.Module):
     ``(B, in_chans, H, W) -> (B, out_chan, H/4, W/4)``; ``stem_norm`` "BN" or "LN".
     """
 
-    def __init__(self, in_chans=3, out_chan=96, stem_norm="BN", act_layer=nn.GELU):
+    def __init__(self, in_chans=3, out_chan=96, stem_norm="BN", act_layer=GELU):
         super().__init__()
         self.stem_norm = stem_norm
         ins, outs = [in_chans, out_chan // 2, out_chan], [out_chan // 2, out_chan, out_chan]

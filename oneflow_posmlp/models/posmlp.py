@@ -4,6 +4,7 @@ import oneflow as flow
 import oneflow.nn as nn
 from flowvision.layers import trunc_normal_
 
+from .activation import GELU
 from .config import default_cfg, feature_sizes, input_size_multiple, resolve_model_config
 from .drop import dropout
 from .features import level_info, resolve_out_indices
@@ -63,7 +64,7 @@ class PosMLP(nn.Module):
                 blocks.append(PosMLPLayer(
                     dims[i], win, gate_unit, chunks=cfg["chunks"], mlp_ratio=cfg["mlp_ratio"][i],
                     drop=cfg["drop_rate"], drop_path=dp_rates[layer_idx + j], norm_layer=norm_layer,
-                    act_layer=nn.GELU, layer_idx=layer_idx + j, shift_size=shift, feature_size=size,
+                    act_layer=GELU, layer_idx=layer_idx + j, shift_size=shift, feature_size=size,
                     gamma=cfg["gamma"][i], **gate_kwargs))
             pool = None if i == 0 else pool_layer(dims[i - 1], dims[i], downsample_norm=cfg["downsample_norm"])
             levels.append(PosMLPLevel(blocks, win, pool))

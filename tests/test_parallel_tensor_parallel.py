@@ -225,3 +225,7 @@ def test_every_parameter_ends_up_with_its_planned_sbp_and_order_on_two_ranks(tmp
             assert got["local_parts_as_planned"] == sorted(params), set(params) - set(got["local_parts_as_planned"])
             assert got["gathered_max_diff"] == 0.0
             assert set(got["stored_permuted"]) == (PERMUTED if mode == "groups" else set())
+            # each rank does half of every split layer's work; the groups plan also halves the token mixing
+            one, mine = got["flops_one_process"], got["flops_per_rank"]
+            assert mine["conv"] == one["conv"] and mine["linear"] * 2 == one["linear"]
+            assert mine["token_mixing"] * (2 if mode == "groups" else 1) == one["token_mixing"]

@@ -1,7 +1,7 @@
 """Run by tests/test_parallel_tensor_parallel.py on 2 ranks (``python -m oneflow.distributed.launch``): applies
 tensor parallelism (``dist.tensor_parallel=2``, each ``dist.tensor_parallel_mode``) to the tiny model and writes,
 per mode, to ``OUT/rank{r}_{mode}.json``: the SBP every parameter and buffer ends up with, the gather SBP and the
-gating-unit degree of every block, which parameters' local parts are the rows/columns the plan gives this rank
+gating-unit degree of every block, this rank's FLOPs per image (and one process's), which parameters' local parts are the rows/columns the plan gives this rank
 (the official tensor, in the plan's stored order, split by its SBP), which are stored permuted, and how far the
 gathered state dict (what a checkpoint holds) is from the official one.
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from conftest import TINY_MODEL_CFG
 from oneflow_posmlp.models import build_model
+from oneflow_posmlp.models.flops import count_flops
 from oneflow_posmlp.parallel import ParallelContext
 from oneflow_posmlp.parallel.tensor_parallel import tensor_parallel_plan
 
@@ -49,6 +50,7 @@ for mode in ("gather", "groups"):
             full = np.split(full, 2, axis=axis)[ctx.rank]
         if local.shape == full.shape and np.array_equal(local, full):
             planned.append(name)
+    flops = count_flops(model, ctx=ctx)[1]  # this rank's share, one image
     gathered = ctx.gather(model.state_dict())
     diff = max(float(np.abs(v.numpy() - official.state_dict()[k].numpy()).max()) for k, v in gathered.items())
     ids = {id(p): n for n, p in model.named_parameters()}
@@ -61,6 +63,8 @@ for mode in ("gather", "groups"):
         "local_parts_as_planned": sorted(planned),
         "gathered_max_diff": diff,
         "stored_permuted": sorted(ids[i] for i in ctx._stored_orders if i in ids),
+        "flops_per_rank": flops,
+        "flops_one_process": count_flops(official)[1],
     }
     with open(os.path.join(out, f"rank{ctx.rank}_{mode}.json"), "w") as f:
         json.dump(result, f)

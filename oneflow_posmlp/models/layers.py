@@ -33,7 +33,7 @@ class PosMLPLayer(nn.Module):
 
     # Tensor-parallel plan, applied by parallel/tensor_parallel.py (which fails if a name here matches nothing):
     # proj_c_e split by output columns, proj_c_s by input rows, and the block output brought to `gate_sbp` after
-    # proj_c_s (the all-reduce of its partial sums). Then, by dist.tensor_parallel_plan: "gather" brings the hidden
+    # proj_c_s (the all-reduce of its partial sums). Then, by dist.tensor_parallel_mode: "gather" brings the hidden
     # activations to `gate_sbp` too, before the gating unit, which runs whole on every rank; "groups" runs the
     # gating unit split by channel groups (the unit's `tensor_parallel_groups` gives the channel order in which
     # proj_c_e's rows and proj_c_s's columns are stored, and its per-group parameters), the degree in `gate_parts`.

@@ -86,7 +86,11 @@ def test_two_data_parallel_ranks_report_the_global_batch(tmp_path):
     assert "2 data-parallel ranks" in res.stdout and res.stdout.count("wrote") == 1
     r = json.loads(out.read_text())
     assert r["ranks"] == 2 and r["batch_size"] == 4 and list(r["modes"]) == ["train-eager", "eval-eager"]
-    assert r["layout"] == {"data_parallel": 2, "tensor_parallel": 1, "pipeline_parallel": 1}
+    assert r["layout"] == {"data_parallel": 2, "tensor_parallel": 1, "tensor_parallel_mode": "groups",
+                           "pipeline_parallel": 1}
+    # data parallel: each rank runs the whole model on its 2 images
+    assert r["flops_per_image_per_rank"] == r["flops_per_image"] and r["images_per_rank"] == 2
+    assert r["train_step_flops_per_rank"] == 3 * 2 * r["flops_per_image"]
     assert all(m["images_per_s"] > 0 for m in r["modes"].values())
 
 

@@ -6,9 +6,15 @@ without SyncBN; cut to its first 2 levels except in the 2-D graph, see TWO_LEVEL
 (and, eagerly, gradient norm) at every update as one eager process, and end with the same weights and AdamW
 moments within 1e-6: drop-path masks are drawn per sample of the global batch from the step's seed, so every
 layout drops what one process drops (models/drop.py).
+Tensor parallelism runs in both ``dist.tensor_parallel_mode``s: ``groups`` (the default: gating units split by
+channel groups) on 2 and 4 ranks, eager and graph, with PoSGU and with the SGU baseline (whose LayerNorm reduces
+its statistics across ranks), and ``gather`` on 2 ranks, eager and graph.
 Every layout family also trains with all the shipped recipes' regularizers on (drop path, dropout,
 Mixup/CutMix, RandAugment, EMA), eagerly and as a graph; there the runs cannot equal one process (dropout
-and Mixup draw per data-parallel shard), so they must finish with finite losses and replicas that agree.
+and Mixup draw per data-parallel shard), so they must finish with finite losses and replicas that agree. Without
+data parallelism they can: with the recipe the groups plan on 2 and 4 ranks equals one process (dropout off:
+its global masks come from another generator than one process's) and the gather plan (dropout on), weights,
+AdamW moments and EMA weights, in checkpoints of the same keys and shapes.
 The shipped ImageNet configs start on 2 ranks, shrunk to a tiny model through ``--opts``. A two-node launch runs with the
 second node in a network namespace (root only; skipped elsewhere). Graph runs are held to an eager
 process with the graph's semantics (OneFlow's lr schedule, per-group clipping); the pipeline runs 2
@@ -25,9 +31,11 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from launch import ROOT, free_port, max_state_diff, run_many, train_argv, train_cmd, updates
+from oneflow_posmlp.checkpoint import read_oneflow_checkpoint
 from oneflow_posmlp.models import build_model
 from oneflow_posmlp.parallel import LayoutError
 from oneflow_posmlp.parallel.pipeline import level_stages, module_stages
@@ -46,15 +54,28 @@ EAGER_AS_GRAPH = ("train.scheduler=oneflow", "train.clip_scope=group")
 TWO_LEVELS = ("model.num_levels=2", "model.embed_dims=[16,32]", "model.depths=[1,1]", "model.win_size=[4,4]",
               "model.gamma=[2,4]", "model.mlp_ratio=[4,4]")
 DROP_PATH = ("model.stem_norm=LN", "model.drop_path_rate=0.1")
+# The tensor-parallel layouts run the default dist.tensor_parallel_mode (groups: the gating units split by channel
+# groups); GATHER the old plan (hidden activations gathered, gating units whole on every rank). 4 tensor-parallel
+# ranks split the 2-level cut's gamma [2, 4] unevenly: those runs (and their references) take gamma [4, 4]; SGU
+# runs (the baseline gating unit, whose LayerNorm reduces its statistics over the ranks) take gate_unit sgu.
+GATHER = ("dist.tensor_parallel_mode=gather",)
+GAMMA4 = ("model.gamma=[4,4]",)
+SGU = ("model.gate_unit=sgu",)
 MICRO = ("train.grad_accum_steps=2", "data.limit_train_batches=4")  # 2 updates of 2 micro-batches
 LAYOUTS = {  # name: (ranks, options, options of the one-process reference)
     "eager_tensor_parallel_2": (2, ("dist.tensor_parallel=2",), ()),
+    "eager_tensor_parallel_2_gather": (2, ("dist.tensor_parallel=2",) + GATHER, ()),
+    "eager_tensor_parallel_4": (4, ("dist.tensor_parallel=4",), ()),
+    "eager_tensor_parallel_2_sgu": (2, ("dist.tensor_parallel=2",), ()),
     "eager_pipeline_parallel_2": (2, ("dist.pipeline_parallel=2",), ()),
     "eager_data2_x_tensor2": (4, ("dist.data_parallel=2", "dist.tensor_parallel=2"), ()),
     "graph_one_rank": (1, GRAPH, EAGER_AS_GRAPH),
     "graph_data_parallel_2_checkpointing": (2, GRAPH + ("dist.data_parallel=2", "dist.activation_checkpointing=[0,1]"),
                                             EAGER_AS_GRAPH),
     "graph_tensor_parallel_2": (2, GRAPH + ("dist.tensor_parallel=2",), EAGER_AS_GRAPH),
+    "graph_tensor_parallel_2_gather": (2, GRAPH + ("dist.tensor_parallel=2",) + GATHER, EAGER_AS_GRAPH),
+    "graph_tensor_parallel_4": (4, GRAPH + ("dist.tensor_parallel=4",), EAGER_AS_GRAPH),
+    "graph_tensor_parallel_4_sgu": (4, GRAPH + ("dist.tensor_parallel=4",), EAGER_AS_GRAPH),
     "graph_pipeline_2_micro_batches": (2, GRAPH + MICRO + ("dist.pipeline_parallel=2",), EAGER_AS_GRAPH + MICRO),
     "graph_data2_x_tensor2": (4, GRAPH + ("dist.data_parallel=2", "dist.tensor_parallel=2"), EAGER_AS_GRAPH),
 }
@@ -62,7 +83,11 @@ FOUR_LEVELS = {"graph_data2_x_tensor2"}  # OneFlow 0.9.0 aborts this graph on th
 
 
 def model_opts(layout):
-    return () if layout in FOUR_LEVELS else TWO_LEVELS
+    """The model options of a layout's run (and of its one-process reference)."""
+    if layout in FOUR_LEVELS:
+        return ()
+    return (TWO_LEVELS + (GAMMA4 if "tensor_parallel_4" in layout else ())
+            + (SGU if layout.endswith("_sgu") else ()))
 
 
 # one-process reference runs: (model options, options) -> run name
@@ -83,6 +108,22 @@ MODES = {"eager": (), "graph": GRAPH}
 # pipeline-parallel graphs (their 4-level model is compiled in the 2-D graph and split into stages eagerly) run the
 # 2-level cut.
 RECIPE_TWO_LEVELS = {"recipe_tensor_parallel_2_graph", "recipe_pipeline_parallel_2_graph"}
+# The tensor-parallel runs of the recipe against each other and one process, on the 4-level demo model with gamma
+# that 4 ranks split: with every regularizer but dropout they equal one process; with dropout too (a global
+# tensor's masks are drawn from another generator than one process's fused dropout, equal across tensor-parallel
+# layouts) the groups plan on 2 and 4 ranks equals the gather plan.
+# The LayerNorm stem as in the layout checks: the BatchNorm stem's convolution biases get gradients that are float
+# noise (BatchNorm removes a bias), which AdamW normalises into full-size steps of either sign (measured: 2.4e-6 in
+# 2 updates, in both tensor-parallel modes against one process).
+TP_RECIPE_MODEL = ("model.gamma=[4,4,8,16]", "model.stem_norm=LN", "data.limit_train_batches=2")
+NO_DROPOUT = ("model.drop_rate=0",)
+TP_RECIPE = {  # name: (ranks, options, the run it must equal)
+    "tp_recipe_one_rank": (1, NO_DROPOUT, None),
+    "tp_recipe_groups_2_no_dropout": (2, NO_DROPOUT + ("dist.tensor_parallel=2",), "tp_recipe_one_rank"),
+    "tp_recipe_gather_2": (2, ("dist.tensor_parallel=2",) + GATHER, None),
+    "tp_recipe_groups_2": (2, ("dist.tensor_parallel=2",), "tp_recipe_gather_2"),
+    "tp_recipe_groups_4": (4, ("dist.tensor_parallel=4",), "tp_recipe_gather_2"),
+}
 
 SHRINK = ("model.img_size=32", "model.embed_dims=[16,32,64,128]", "model.depths=[1,1,1,1]",
           "model.win_size=[4,4,2,1]", "model.gamma=[2,4,8,16]", "model.num_classes=4", "dist.device=cpu",
@@ -107,6 +148,8 @@ class Runs:
             self.add(name, 1, *DROP_PATH, *model, *opts)
         for name, (ranks, opts, _) in LAYOUTS.items():
             self.add(name, ranks, *DROP_PATH, *model_opts(name), *opts)
+        for name, (ranks, opts, _) in TP_RECIPE.items():
+            self.add(name, ranks, *RECIPE, *TP_RECIPE_MODEL, *opts)
         self.add("tp_checkpoint_reference", 1, *TP_CHECKPOINT, **TWO_EPOCHS)
         self.add("tp_checkpoint", 2, *TP_CHECKPOINT, "dist.tensor_parallel=2")
         self.add("tp_checkpoint_resumed_dp", 2, *TP_CHECKPOINT, "--resume", str(self.out("tp_checkpoint") / "last"),
@@ -122,6 +165,9 @@ class Runs:
                                                                 *SHRINK]}
         # last: both ranks must return from the refused run (no rank left waiting in a collective)
         self.add("refused", 2, "dist.tensor_parallel=2", "data.demo=false", "data.synthetic=true", "model.num_classes=5",
+                 expect_error=True)
+        # the groups plan over 4 ranks of a model whose level 0 has gamma 2: every rank stops, naming the level
+        self.add("refused_gamma", 4, "dist.tensor_parallel=4", "data.demo=false", "data.synthetic=true",
                  expect_error=True)
 
     def out(self, name):
@@ -298,6 +344,22 @@ def test_tensor_parallel_checkpoint_loads_into_other_layouts(runs, tiny_demo_roo
     assert f"top-1 {top1:.2f}%" in logged
 
 
+@pytest.mark.parametrize("name", [n for n, (_, _, ref) in TP_RECIPE.items() if ref])
+def test_tensor_parallel_recipe_equals_its_reference(name, runs):
+    """Drop path, Mixup/CutMix, RandAugment and EMA (and dropout, against the gather plan): the groups plan on 2 and 4
+    ranks ends with the weights, AdamW moments and EMA weights of its reference, written in the same checkpoint
+    files (same keys, shapes and dtypes: the official layout)."""
+    ref, out = runs.trained(TP_RECIPE[name][2]), runs.trained(name)
+    assert losses(out) == losses(ref) and len(losses(ref)) == 2
+    a, b = read_oneflow_checkpoint(ref / "last"), read_oneflow_checkpoint(out / "last")
+    for part in ("model", "ema"):
+        assert {k: (tuple(v.shape), v.dtype) for k, v in a[part].items()} == \
+            {k: (tuple(v.shape), v.dtype) for k, v in b[part].items()}, part
+        assert max(float(np.abs(v.numpy() - b[part][k].numpy()).max()) for k, v in a[part].items()) <= TOL, part
+    assert max_state_diff(ref / "last", out / "last") <= TOL
+    assert "replicas agree within 0\n" in open(out / "log_rank0.txt").read()
+
+
 def test_layout_that_does_not_fit_is_refused_on_every_rank(runs):
     """num_classes 5 does not split over 2 tensor-parallel ranks: both ranks exit with the error, no hang (the
     job's later runs and its end are reached: the refused run is the 2-rank job's last)."""
@@ -306,15 +368,21 @@ def test_layout_that_does_not_fit_is_refused_on_every_rank(runs):
         assert res["code"] == 2 and res["stderr"].count("dist.tensor_parallel=2 does not divide num_classes 5") == 1, \
             res["stderr"][-2000:]
     assert runs.job(2)[1].startswith("job of") and " exited 0:" in runs.job(2)[1], runs.job(2)[1]
+    needle = ("dist.tensor_parallel=4 with dist.tensor_parallel_mode=groups: in level 0 (levels.0.encoder.0.gate_unit), "
+              "gamma 2 (the gating unit's channel groups) does not split over 4 ranks")
+    for res in runs.result("refused_gamma"):
+        assert res["code"] == 2 and res["stderr"].count(needle) == 1, res["stderr"][-2000:]
+    assert " exited 0:" in runs.job(4)[1], runs.job(4)[1]
 
 
 def test_split_checks(tiny_model_cfg):
     model = build_model(tiny_model_cfg)  # hidden widths 32/64/128/128, 5 classes
     check_tensor_parallel(model, 1)
-    with pytest.raises(LayoutError, match="does not divide num_classes 5"):
-        check_tensor_parallel(model, 2)
+    for mode in ("groups", "gather"):
+        with pytest.raises(LayoutError, match="does not divide num_classes 5"):
+            check_tensor_parallel(model, 2, mode)
     with pytest.raises(LayoutError, match="does not divide the block's hidden width"):
-        check_tensor_parallel(build_model(dict(tiny_model_cfg, num_classes=6)), 3)
+        check_tensor_parallel(build_model(dict(tiny_model_cfg, num_classes=6)), 3, "gather")
     assert level_stages(4, 2) == [0, 0, 1, 1] and level_stages(4, 4) == [0, 1, 2, 3]
     with pytest.raises(LayoutError, match="at most 4 pipeline stages"):
         level_stages(4, 5)

@@ -21,8 +21,26 @@ def _layout(result):
     lay = result.get("layout") or {"data_parallel": ranks, "tensor_parallel": 1, "pipeline_parallel": 1}
     if lay["tensor_parallel"] == 1 and lay["pipeline_parallel"] == 1:
         return f", {ranks} data-parallel ranks (img/s global, memory of rank 0)"
-    return (f", {ranks} ranks: data_parallel {lay['data_parallel']} x tensor_parallel {lay['tensor_parallel']} x "
+    mode = f" ({lay['tensor_parallel_mode']})" if lay["tensor_parallel"] > 1 and lay.get("tensor_parallel_mode") else ""
+    return (f", {ranks} ranks: data_parallel {lay['data_parallel']} x tensor_parallel {lay['tensor_parallel']}{mode} x "
             f"pipeline_parallel {lay['pipeline_parallel']} (img/s global, memory of rank 0)")
+
+
+def _per_rank(result):
+    """Lines on each rank's share: forward FLOPs per image, a train step's FLOPs, what the train graph moves."""
+    if result.get("ranks", 1) <= 1 or "flops_per_image_per_rank" not in result:
+        return []
+    kinds = ", ".join(f"{k} {_fmt_flops(v)}" for k, v in result["flops_by_kind_per_rank"].items())
+    lines = [f"per rank: {_fmt_flops(result['flops_per_image_per_rank'])}/image forward ({kinds}); train step "
+             f"{_fmt_flops(result['train_step_flops_per_rank'])} (3 x forward x {result['images_per_rank']} images)"]
+    graph = result["modes"].get("train-graph", {})
+    if "boxing_bytes_per_rank" in graph:
+        blocks = [v for k, v in graph["boxing_bytes_per_rank_by_block"].items() if k != "other"]
+        per_block = (f"; blocks {len(blocks)}: {min(blocks) / 1e6:.2f} to {max(blocks) / 1e6:.2f} MB each, "
+                     f"{sum(blocks) / 1e6:.2f} MB in all") if blocks else ""
+        lines.append(f"train graph: each rank sends {graph['boxing_bytes_per_rank'] / 1e6:.2f} MB per step for the "
+                     f"compiled plan's SBP conversions{per_block} (per block in the JSON)")
+    return lines
 
 
 def _train_step(result):
@@ -51,6 +69,7 @@ def format_table(result):
     if peak:
         lines.append(describe_peak(peak) + f"; MFU = img/s x FLOPs per image (train: 3x the forward) / "
                      f"{result.get('ranks', 1)} device(s) / peak; MFU(cpu) from the fastest step's CPU seconds")
+    lines += _per_rank(result)
     lines += [f"step = wall time from launch to last kernel, mean of {result['steps']} timed steps after "
               f"{result['warmup']} warm-up; compile = a graph's first call (compile + 1 step); memory after each "
               f"mode (peak = process high-water mark)",

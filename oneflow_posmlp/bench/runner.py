@@ -31,7 +31,10 @@ current RSS over the mode (what the mode kept). On CUDA ``gpu_used_mb`` after th
 
 Several ranks (``--ranks N``, launched by the command line): the layout of ``cfg['dist']`` (by default data
 parallel over all ranks, as the trainer), the same global batch ``split(0)`` over the data-parallel ranks;
-img/s are global images per second; memory figures are rank 0's.
+img/s are global images per second; memory figures are rank 0's. Also per rank: the forward FLOPs per image
+of this rank's share of the layers (``count_flops(..., ctx=...)``) and a train step's (3 x forward x the
+rank's images), and for ``train-graph`` the bytes each rank sends per step for the compiled plan's SBP
+conversions, per block (:mod:`oneflow_posmlp.parallel.traffic`).
 """
 import gc
 import time
@@ -48,6 +51,7 @@ from ..models import build_model
 from ..models.drop import drop_path_modules
 from ..models.flops import FLOPS_NOTE, count_flops
 from ..parallel import ParallelContext
+from ..parallel.traffic import traffic_by_block
 from .measure import current_rss_mb, environment, gpu_used_mb, peak_rss_mb, sync
 from .profile import profile_forward, profile_train_step
 
@@ -125,6 +129,9 @@ class Bench:
         self.flops, self.flops_by_kind = count_flops(self.model)  # on the local model, one image
         self.peak = device_peak(ctx.device, self.amp)  # measured once per process on CPU (one core's sgemm)
         ctx.apply(self.model)
+        # this rank's share (tensor parallelism splits layers; data parallelism gives each rank its own images)
+        self.rank_flops, self.rank_flops_by_kind = (count_flops(self.model, ctx=ctx) if ctx.distributed
+                                                    else (self.flops, self.flops_by_kind))
         self.drop_paths = drop_path_modules(self.model)
         m = self.model
         flow.manual_seed(self.seed + ctx.rank)
@@ -259,6 +266,10 @@ def run_mode(bench, mode, warmup, steps):
         entry["compile_only_s"] = max(first - mean, 0.0)  # minus one timed step: the compilation alone, roughly
     if mode.startswith("train"):
         entry["train_step"] = describe_training(held)
+    if mode == "train-graph" and bench.ctx.distributed:  # what the compiled plan moves between ranks, per block
+        by_block = traffic_by_block(held.step.graph)
+        entry["boxing_bytes_per_rank"] = sum(by_block.values())
+        entry["boxing_bytes_per_rank_by_block"] = by_block
     entry["peak_rss_mb"] = peak_rss_mb()
     entry["peak_rss_growth_mb"] = entry["peak_rss_mb"] - peak0
     if bench.ctx.device == "cuda":
@@ -287,8 +298,12 @@ def run_benchmark(cfg, modes=MODES, steps=5, warmup=1, profile=False, profile_re
         "params": sum(p.numel() for p in net.parameters()),
         "flops_per_image": bench.flops, "flops_by_kind": bench.flops_by_kind, "flops_note": FLOPS_NOTE,
         "peak": bench.peak,
+        "flops_per_image_per_rank": bench.rank_flops, "flops_by_kind_per_rank": bench.rank_flops_by_kind,
+        "images_per_rank": bench.local,  # a train step's FLOPs per rank: ~3 x forward (backward ~2 x) x these
+        "train_step_flops_per_rank": 3 * bench.rank_flops * bench.local,
         "steps": steps, "warmup": warmup, "grad_accum_steps": bench.accum, **environment(),
         "ranks": ctx.world, "layout": {"data_parallel": ctx.data_parallel, "tensor_parallel": ctx.tensor_parallel,
+                                       "tensor_parallel_mode": ctx.tensor_parallel_mode,
                                        "pipeline_parallel": ctx.pipeline_parallel},
         "memory_note": "peak_rss_mb: process peak RSS (ru_maxrss) after the mode, cumulative over modes; "
                        "rss_delta_mb: change of the current RSS over the mode",

@@ -122,6 +122,7 @@ DEFAULTS = {
         "device": "cpu",         # cpu | cuda
         "data_parallel": 0,      # 0: all ranks not used by tensor/pipeline parallelism
         "tensor_parallel": 1,
+        "tensor_parallel_mode": "groups",  # groups: gating units split by channel groups | gather: run whole per rank
         "pipeline_parallel": 1,
         "zero_stage": 0,         # nn.Graph ZeRO sharding of optimizer state (0: off, 1-3: stage)
         "activation_checkpointing": [],  # level indices whose blocks recompute activations, e.g. [0, 1]
@@ -147,6 +148,7 @@ CHOICES = {
     ("aug", "train_interpolation"): ("random", "bilinear", "bicubic", "nearest"),
     ("aug", "interpolation"): ("bilinear", "bicubic", "nearest"),
     ("dist", "device"): ("cpu", "cuda"),
+    ("dist", "tensor_parallel_mode"): ("groups", "gather"),
     ("dist", "zero_stage"): (0, 1, 2, 3),
     ("model", "stem_norm"): ("BN", "LN"),
     ("model", "downsample_norm"): ("BN", "LN"),

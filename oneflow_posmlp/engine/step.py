@@ -116,7 +116,8 @@ class EagerStep:
         return None
 
     def state_dict(self):
-        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        return {"optimizer": self.ctx.optimizer_state_to_official(self.optimizer.state_dict(), self.optimizer),
+                "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(self.ctx.optimizer_state_to_global(state["optimizer"], self.optimizer))
@@ -197,7 +198,8 @@ class GraphStep:
         return self._eval_graphs[id(model)]
 
     def state_dict(self):
-        return {"optimizer": graph_optimizer_state(self.graph, self.model, self.optimizer, self.updates),
+        state = graph_optimizer_state(self.graph, self.model, self.optimizer, self.updates)
+        return {"optimizer": self.ctx.optimizer_state_to_official(state, self.optimizer),
                 "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state):

@@ -24,26 +24,48 @@ def _mixed_channels(m, channels):
     return channels // m.chunks  # PoSGU: the gated half (chunks 2) or all channels (chunks 1)
 
 
-def count_flops(model, img_size=None, in_chans=None):
+def _local(t):
+    """This rank's part of a global tensor (a local tensor as it is): the work one rank does."""
+    return t.to_local() if t.is_global else t
+
+
+def _partial_ranks(t):
+    """Over how many ranks a global tensor is a partial sum (1 for a local tensor or no ``partial_sum`` axis)."""
+    if not t.is_global:
+        return 1
+    hierarchy = t.placement.ranks.shape
+    n = 1
+    for axis, sbp in enumerate(t.sbp):
+        if sbp == flow.sbp.partial_sum:
+            n *= hierarchy[axis]
+    return n
+
+
+def count_flops(model, img_size=None, in_chans=None, ctx=None):
     """FLOPs (2 x multiply-adds) of one image's forward pass: ``(total, {"conv"|"linear"|"token_mixing": flops})``.
 
     ``img_size`` ``(H, W)`` and ``in_chans`` default to the model's (``model.img_size``, ``model.in_chans``).
     Runs one forward of a zero image ``(1, in_chans, H, W)`` in eval mode without gradients, with hooks on
     ``nn.Conv2d``, ``nn.Linear`` and the gating units (:class:`PoSGU`, :class:`SGU`); the model's hooks and
-    train/eval mode are as before afterwards."""
+    train/eval mode are as before afterwards.
+
+    ``ctx``: the :class:`~oneflow_posmlp.parallel.ParallelContext` a global model was placed by. Then every rank
+    forwards one image of its own (a collective: call it on every rank) and counts **this rank's** FLOPs: each
+    layer's work on its part of the tensors (a split projection's rows, a gating unit's channel groups, or the
+    whole of a replicated one)."""
     img_size = tuple(img_size or model.img_size)
     in_chans = in_chans or model.in_chans
     by_kind = defaultdict(int)
 
     def conv_hook(m, inputs, out):
         k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-        by_kind["conv"] += 2 * out.numel() * k
+        by_kind["conv"] += 2 * _local(out).numel() * k
 
-    def linear_hook(m, inputs, out):
-        by_kind["linear"] += 2 * out.numel() * m.in_features
+    def linear_hook(m, inputs, out):  # a partial-sum output: this rank summed over its share of in_features
+        by_kind["linear"] += 2 * _local(out).numel() * m.in_features // _partial_ranks(out)
 
     def mixing_hook(m, inputs, out):
-        B, W, N, D = inputs[0].shape  # every mixed channel of every window maps N tokens to N
+        B, W, N, D = _local(inputs[0]).shape  # every mixed channel of every window maps N tokens to N
         by_kind["token_mixing"] += 2 * B * W * N * N * _mixed_channels(m, D)
 
     kinds = ((nn.Conv2d, conv_hook), (nn.Linear, linear_hook), ((PoSGU, SGU), mixing_hook))
@@ -51,8 +73,11 @@ def count_flops(model, img_size=None, in_chans=None):
     was_training = model.training
     model.eval()
     try:
+        x = flow.zeros(1, in_chans, *img_size, device=_device_of(model))
+        if ctx is not None and ctx.distributed:
+            x = ctx.to_global_batch(x)
         with forward_hooks(hooks), flow.no_grad():
-            model(flow.zeros(1, in_chans, *img_size, device=_device_of(model)))
+            model(x)
     finally:
         model.train(was_training)
     return sum(by_kind.values()), dict(by_kind)
@@ -60,4 +85,6 @@ def count_flops(model, img_size=None, in_chans=None):
 
 def _device_of(model):
     p = next(iter(model.parameters()), None)
+    if p is not None and p.is_global:
+        return flow.device(p.placement.type)
     return p.device if p is not None else flow.device("cpu")

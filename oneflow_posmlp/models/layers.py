@@ -32,9 +32,13 @@ class PosMLPLayer(nn.Module):
     """
 
     # Tensor-parallel plan, applied by parallel/tensor_parallel.py (which fails if a name here matches nothing):
-    # proj_c_e split by output columns, proj_c_s by input rows; PoSGU needs whole channel vectors, so the hidden
-    # activations are gathered to `gate_sbp` before the gating unit (and the block output after proj_c_s).
-    tensor_parallel_plan = {"columns": ("proj_c_e",), "rows": ("proj_c_s",), "gather": "gate_sbp"}
+    # proj_c_e split by output columns, proj_c_s by input rows, and the block output brought to `gate_sbp` after
+    # proj_c_s (the all-reduce of its partial sums). Then, by dist.tensor_parallel_mode: "gather" brings the hidden
+    # activations to `gate_sbp` too, before the gating unit, which runs whole on every rank; "groups" runs the
+    # gating unit split by channel groups (the unit's `tensor_parallel_groups` gives the channel order in which
+    # proj_c_e's rows and proj_c_s's columns are stored, and its per-group parameters), the degree in `gate_parts`.
+    tensor_parallel_plan = {"columns": ("proj_c_e",), "rows": ("proj_c_s",), "gather": "gate_sbp",
+                            "groups": ("gate_unit", "gate_parts")}
 
     def __init__(self, dim, win_size, gate_unit, chunks=2, mlp_ratio=4.0, drop=0.0, drop_path=0.0,
                  act_layer=nn.GELU, norm_layer=nn.LayerNorm, layer_idx=0, shift_size=0, feature_size=None,
@@ -55,6 +59,9 @@ class PosMLPLayer(nn.Module):
         # with whole channel vectors (the gating unit's input, the block's output) are brought to explicitly.
         # None (the default) leaves tensors as they are.
         self.gate_sbp = None
+        # The tensor-parallel degree of the "groups" plan (set by parallel/tensor_parallel.py): > 1 runs the gating
+        # unit on this rank's channel groups only; 1 (the default) on whole channel vectors.
+        self.gate_parts = 1
         self.drop = Dropout(drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         if shift_size > 0:
@@ -77,9 +84,13 @@ class PosMLPLayer(nn.Module):
         if self._group_major(x):
             return residual + self.drop_path(self.drop(self._gate_group_major(self.norm(x), mask)))
         x = self.act(self.proj_c_e(self.norm(x)))
-        if self.gate_sbp is not None:
-            x = x.to_global(sbp=self.gate_sbp)
-        x = self.proj_c_s(self.gate_unit(x, mask=mask))
+        if self.gate_parts > 1:  # tensor parallel by channel groups: each rank gates its own groups' channels
+            x = self.gate_unit(x, mask=mask, parts=self.gate_parts)
+        else:
+            if self.gate_sbp is not None:
+                x = x.to_global(sbp=self.gate_sbp)
+            x = self.gate_unit(x, mask=mask)
+        x = self.proj_c_s(x)
         if self.gate_sbp is not None:
             x = x.to_global(sbp=self.gate_sbp)
         return residual + self.drop_path(self.drop(x))

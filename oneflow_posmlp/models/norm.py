@@ -9,6 +9,11 @@ no running statistics), then the affine ``* weight + bias`` broadcasts along the
 runs with its fast kernel. Same parameters (``weight``, ``bias``), so state dicts are unchanged; on CUDA,
 and for global tensors inside an ``nn.Graph`` (where ``to_local`` is not allowed), the built-in runs.
 
+Under the tensor-parallel ``groups`` plan (``parallel/tensor_parallel.py``) a LayerNorm can take a global tensor
+split over ranks along its channels (the SGU's gated chunk): each rank holds some channels of every row, so the
+row statistics are reduced across the ranks (:func:`_split_rows_normalized`: the per-token mean and centred
+second moment, two scalars per token) and the weight and bias are split like the channels.
+
 Inside a one-process ``nn.Graph`` (local lazy tensors) the BatchNorm kernel is not used: OneFlow 0.9.0's
 gradient-accumulation pass requires a training-mode ``normalization`` op to have running statistics and
 aborts the graph otherwise (``Check failed ... arg_name: moving_mean`` with ``train.grad_accum_steps > 1``).
@@ -19,7 +24,7 @@ form oneDNN runs fast (``(1, M, C, 1) - (1, M, 1, 1)``): 16 ms forward, 156 ms f
 import oneflow as flow
 import oneflow.nn as nn
 
-from .cpu import on_cpu
+from .cpu import channels_split, on_cpu
 
 
 def _rows_normalized(x, eps):
@@ -53,6 +58,28 @@ def uses_cpu_path(x):
     return True
 
 
+def _reduced(sbp):
+    """The SBP of a sum over a split axis (``partial_sum`` there) with the partial sums reduced: ``broadcast``."""
+    return [flow.sbp.broadcast if s == flow.sbp.partial_sum else s for s in sbp]
+
+
+def _split_rows_normalized(x, eps):
+    """``(..., C)`` global tensor split over ranks along ``C`` -> rows normalised over all ``C`` channels.
+
+    Each rank sums its own channels and the per-token sums are all-reduced explicitly (``partial_sum ->
+    broadcast``): the mean, then the centred second moment, two scalars per token in two small all-reduces (the
+    two-pass form of the one-process LayerNorm: no ``E[x^2] - E[x]^2`` cancellation); the activations never
+    move. Written with a trailing unit axis (``(..., C, 1) - (..., 1, 1)``), the form oneDNN runs fast on CPU."""
+    C = x.shape[-1]
+    x5 = x.unsqueeze(-1)  # (..., C, 1)
+    mean = x5.sum(dim=-2, keepdim=True)  # (..., 1, 1) partial sums
+    mean = mean.to_global(sbp=_reduced(mean.sbp)) / C
+    centred = x5 - mean
+    var = (centred * centred).sum(dim=-2, keepdim=True)
+    var = var.to_global(sbp=_reduced(var.sbp)) / C  # biased, as LayerNorm
+    return (centred * flow.rsqrt(var + eps)).squeeze(-1)
+
+
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` over the last axis, ``(..., C) -> (..., C)``, fast on CPU (see the module docstring).
 
@@ -60,6 +87,9 @@ class LayerNorm(nn.LayerNorm):
     """
 
     def forward(self, x):
+        if len(self.normalized_shape) == 1 and channels_split(x):  # tensor parallel: each rank holds some channels
+            y = _split_rows_normalized(x, self.eps)
+            return y * self.weight + self.bias if self.elementwise_affine else y
         if len(self.normalized_shape) != 1 or not uses_cpu_path(x):  # (no super(): nn.Graph calls via a proxy)
             return flow.nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         if x.is_global:  # each rank normalises its own whole rows

@@ -46,16 +46,48 @@ class PoSGU(nn.Module):
         half = group_major_order(dim // self.chunks, self.pos.gamma)
         return np.concatenate([half + i * (dim // self.chunks) for i in range(self.chunks)])
 
-    def forward(self, x, mask=None, group_major=False):
+    def tensor_parallel_groups(self, dim, parts):
+        """The tensor-parallel ``groups`` plan of this unit over ``parts`` ranks (``parallel/tensor_parallel.py``):
+        ``(in_order, out_order, split)``. Rank ``r`` takes the groups ``[r S/parts, (r+1) S/parts)`` of ``u`` and
+        the channels of ``v`` they gate: ``in_order`` (int64 ``(dim,)``) lists the official input channels so
+        that block ``r`` of it holds rank ``r``'s ``u`` then ``v`` channels, each group-major; ``out_order``
+        (``(dim / chunks,)``) the output channels, rank by rank; ``split`` ``{parameter name: axis}`` the
+        per-group positional parameters, split by groups. Raises ValueError unless ``parts`` divides ``gamma``."""
+        S = self.pos.gamma
+        if S % parts:
+            raise ValueError(f"gamma {S} (the gating unit's channel groups) does not split over {parts} ranks")
+        half = dim // self.chunks
+        blocks = group_major_order(half, S).reshape(parts, half // parts)  # rank r: its groups, group-major
+        in_order = np.concatenate([b + i * half for b in blocks for i in range(self.chunks)])
+        split = {f"pos.{name}": axis for name, axis in self.pos.group_axes.items()}
+        return in_order, blocks.reshape(-1), split
+
+    def forward(self, x, mask=None, group_major=False, parts=1):
         """x: ``(B, W, N, D)``; mask: ``(W, N, N)`` or None -> ``(B, W, N, D / chunks)``.
 
         ``group_major``: the channels of each half of ``x``, and of the output, are in the order ``(s v)``
-        (``x[..., self.hidden_order(D)]``) instead of the official ``(v s)``; same values, permuted."""
-        u, v = (x, x) if self.chunks == 1 else x.chunk(2, dim=-1)
+        (``x[..., self.hidden_order(D)]``) instead of the official ``(v s)``; same values, permuted.
+        ``parts > 1``: ``x`` is split over ``parts`` tensor-parallel ranks by channel groups, its channels in
+        the order ``x[..., in_order]`` of :meth:`tensor_parallel_groups` (the output in ``out_order``)."""
+        if parts > 1:
+            u, v = (x, x) if self.chunks == 1 else rank_chunks(x, parts, 2)
+            group_major = True
+        else:
+            u, v = (x, x) if self.chunks == 1 else x.chunk(2, dim=-1)
         gate = None if self.pos_only else self.token_proj_n_weight
         if group_major:
             return self.pos(u, mask=mask, gate=gate, group_major=True) * v
         return self.pos(u, mask=mask, gate=gate) * v
+
+
+def rank_chunks(x, parts, chunks):
+    """``(..., D)`` whose channels are ``parts`` rank blocks, each ``[chunk 0 | chunk 1 | ...]`` -> the
+    ``chunks`` tensors ``(..., D / chunks)``, each with the ranks' channels in rank order. On a tensor split over
+    ``parts`` ranks along its channels, every rank keeps its own channels (no communication)."""
+    *lead, D = x.shape
+    xs = x.reshape(*lead, parts, chunks, D // (parts * chunks))
+    lead_axes = (slice(None),) * len(lead) + (slice(None),)  # (..., parts, [j], channels)
+    return [xs[lead_axes + (j, slice(None))].reshape(*lead, D // chunks) for j in range(chunks)]
 
 
 class SGU(nn.Module):
@@ -81,11 +113,30 @@ class SGU(nn.Module):
             if proj.bias is not None:
                 nn.init.ones_(proj.bias)
 
-    def forward(self, x, mask=None):
-        """x: ``(B, W, N, D)`` -> ``(B, W, N, D // chunks)``."""
-        if self.pad_dim:
-            x = x[..., : x.shape[-1] - self.pad_dim]
-        parts = x.chunk(self.chunks, dim=-1)
+    def tensor_parallel_groups(self, dim, parts):
+        """The tensor-parallel ``groups`` plan over ``parts`` ranks (see :meth:`PoSGU.tensor_parallel_groups`):
+        rank ``r`` takes channels ``[r G/parts, (r+1) G/parts)`` of every chunk (``G = dim // chunks``; the dense
+        token map is shared by all channels), its LayerNorms' weights split alike; the LayerNorm statistics are
+        reduced over the ranks (``models/norm.py``). Raises ValueError unless ``parts`` divides ``G`` and
+        ``chunks`` divides ``dim``."""
+        G = self.gate_dim
+        if self.pad_dim or G % parts:
+            raise ValueError(f"the gating unit's {dim} channels in {self.chunks} chunks of {G} do not split "
+                             f"evenly over {parts} ranks")
+        b = G // parts
+        in_order = np.concatenate([j * G + r * b + np.arange(b) for r in range(parts) for j in range(self.chunks)])
+        split = {f"norm_list.{i}.{name}": 0 for i in range(self.chunks - 1) for name in ("weight", "bias")}
+        return in_order, np.arange(G), split
+
+    def forward(self, x, mask=None, parts=1):
+        """x: ``(B, W, N, D)`` -> ``(B, W, N, D // chunks)``; ``parts > 1``: split over tensor-parallel ranks in
+        the order of :meth:`tensor_parallel_groups`."""
+        if parts > 1:
+            parts = rank_chunks(x, parts, self.chunks)
+        else:
+            if self.pad_dim:
+                x = x[..., : x.shape[-1] - self.pad_dim]
+            parts = x.chunk(self.chunks, dim=-1)
         u = parts[0]
         for i in range(self.chunks - 1):
             u = dense_mix(self.proj_list[i], self.norm_list[i](u), mask) * parts[i + 1]

@@ -23,7 +23,7 @@ import oneflow as flow
 import oneflow.nn as nn
 from flowvision.layers import trunc_normal_
 
-from .cpu import on_cpu
+from .cpu import channels_split, on_cpu
 
 # Added to the pre-softmax score of token pairs in different regions of a shifted window. exp() of it
 # underflows to exactly 0 in fp32, and it is representable in fp16.
@@ -75,6 +75,8 @@ def group_mix(token_map: flow.Tensor, x: flow.Tensor, group_major: bool = False)
     Wm, S = token_map.shape[0], token_map.shape[1]
     V = C // S
     if group_major:
+        if Wm > 1 and channels_split(x):
+            return _group_mix_groups_first(token_map, x)
         if Wm == 1:
             xs = x.reshape(B * W, N, S, V).permute(2, 1, 0, 3).reshape(S, N, B * W * V)
             out = flow.bmm(token_map[0], xs)  # (S, N, B*W*V)
@@ -89,6 +91,20 @@ def group_mix(token_map: flow.Tensor, x: flow.Tensor, group_major: bool = False)
     xs = x.reshape(B, W, N, V, S).permute(1, 4, 2, 0, 3).reshape(W * S, N, B * V)
     out = flow.bmm(token_map.reshape(W * S, N, N), xs)  # (W*S, N, B*V)
     return out.reshape(W, S, N, B, V).permute(3, 0, 2, 4, 1).reshape(B, W, N, C)
+
+
+def _group_mix_groups_first(token_map: flow.Tensor, x: flow.Tensor) -> flow.Tensor:
+    """:func:`group_mix` (group-major channels, one map per window) with the group axis leading every merged
+    axis, ``(S W)`` instead of ``(W S)``: a tensor split by groups stays split through each reshape (OneFlow
+    splits a merged axis along its first factor), so no rank needs another rank's groups.
+    token_map ``(W, S, N, N)``, x ``(B, W, N, S*V)`` -> ``(B, W, N, S*V)``."""
+    B, W, N, C = x.shape
+    S = token_map.shape[1]
+    V = C // S
+    xs = x.reshape(B, W, N, S, V).permute(3, 1, 2, 0, 4).reshape(S * W, N, B * V)
+    maps = token_map.permute(1, 0, 2, 3).reshape(S * W, N, N)
+    out = flow.bmm(maps, xs)  # (S*W, N, B*V)
+    return out.reshape(S, W, N, B, V).permute(3, 1, 2, 0, 4).reshape(B, W, N, C)
 
 
 def group_major_order(channels: int, gamma: int) -> np.ndarray:
@@ -124,6 +140,7 @@ class TokenMap(nn.Module):
     """
 
     uses_softmax = False
+    group_axes = {}  # {per-group parameter: its group axis}, split by the tensor-parallel groups plan
 
     def __init__(self, win_size: int, gamma: int, absolute_bias: bool = True):
         super().__init__()
@@ -207,6 +224,7 @@ class GQPE(TokenMap):
     """
 
     uses_softmax = True
+    group_axes = {"attention_centers": 0, "attention_spreads": 0}
 
     def __init__(self, win_size, gamma=4, generalized=True, symmetric=True, absolute_bias=True,
                  use_softmax=True, att_std=1e-2):
@@ -238,14 +256,45 @@ class GQPE(TokenMap):
 
     def token_map(self, mask=None):
         N = self.seq_len
-        proj = self.position_projection()  # (S, D)
-        D = proj.shape[-1]
-        # (S, D) x (D, N*N): the group axis comes out first, no permute of the (N*N, S) scores (bit-identical)
-        score = flow.matmul(proj, self.rel_indices.reshape(N * N, D).transpose(0, 1))  # (S, N*N)
+        if _split_by_groups(self.attention_centers):
+            score = self._split_groups_score()
+        else:
+            proj = self.position_projection()  # (S, D)
+            D = proj.shape[-1]
+            # (S, D) x (D, N*N): the group axis comes out first, no permute of the (N*N, S) scores (bit-identical)
+            score = flow.matmul(proj, self.rel_indices.reshape(N * N, D).transpose(0, 1))  # (S, N*N)
         score = score.reshape(1, self.gamma, N, N)  # (1, S, N, N)
         if mask is not None:
             score = score + mask.unsqueeze(1)  # (W, S, N, N)
         return score.softmax(dim=-1) if self.use_softmax else score
+
+
+    def _split_groups_score(self):
+        """The scores ``(S, N*N)`` of :meth:`position_projection` and ``rel_indices`` when the per-group parameters
+        are split over tensor-parallel ranks (the ``groups`` plan): the same quadratic form, written as products of
+        each group's own matrix and centre with the (replicated) offset features,
+        ``(Sigma^-1 mu) . (dx, dy) - 1/2 vec(Sigma^-1) . (dx^2, dx dy, dy dx, dy^2)``, with no stack of per-group
+        scalars: OneFlow 0.9.0's nn.Graph runs ``stack``'s backward on replicated tensors, gathering the split
+        per-group values, and with 4 CPU ranks that transfer aborts the graph (``register.cpp:75 Check failed:
+        separated_header_mem_ptr() == nullptr``). Equal to the one-process scores within float rounding."""
+        N = self.seq_len
+        rel = self.rel_indices.reshape(N * N, -1)  # (N*N, 5) [dx, dy, dx^2, dy^2, dx dy] or (N*N, 3)
+        offsets = rel[:, 0:2].transpose(0, 1)  # (2, N*N)
+        mu = self.attention_centers  # (S, 2)
+        if not self.generalized:  # a (d1 dx + d2 dy) - 1/2 (dx^2 + dy^2)
+            a = (self.attention_spreads ** 2).unsqueeze(1)  # (S, 1)
+            return flow.matmul(a * mu, offsets) - 0.5 * rel[:, 2].unsqueeze(0)
+        A = self.attention_spreads
+        inv_cov = flow.matmul(A, A.transpose(1, 2)) if self.symmetric else A  # (S, 2, 2) [[a, b], [d, c]]
+        linear = flow.matmul(inv_cov, mu.unsqueeze(-1)).squeeze(-1)  # (S, 2): (a d1 + b d2, d d1 + c d2)
+        squares = flow.stack([rel[:, 2], rel[:, 4], rel[:, 4], rel[:, 3]], dim=0)  # (4, N*N): a, b, d, c's features
+        return flow.matmul(linear, offsets) - 0.5 * flow.matmul(inv_cov.reshape(-1, 4), squares)
+
+
+def _split_by_groups(param):
+    """True for a per-group parameter split over ranks along its group axis (the tensor-parallel ``groups``
+    plan, ``parallel/tensor_parallel.py``)."""
+    return param.is_global and any(s == flow.sbp.split(0) for s in param.sbp)
 
 
 class LRPE(TokenMap):
@@ -253,6 +302,8 @@ class LRPE(TokenMap):
 
     ``P[s, m, n] = window_relative_position_bias_table[index[m, n], s]``: O(N) parameters per group.
     """
+
+    group_axes = {"window_relative_position_bias_table": 1}
 
     def __init__(self, win_size, gamma=1, absolute_bias=True, init_std=0.02):
         super().__init__(win_size, gamma, absolute_bias)

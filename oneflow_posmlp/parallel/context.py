@@ -15,11 +15,12 @@ turns a local module into a global one.
 """
 import math
 
+import numpy as np
 import oneflow as flow
 
 from . import pipeline
 from .errors import LayoutError
-from .tensor_parallel import check_tensor_parallel, set_gate_sbp, tensor_parallel_plan
+from .tensor_parallel import DEFAULT_MODE, check_mode, check_tensor_parallel, configure_blocks, tensor_parallel_plan
 
 
 class ParallelContext:
@@ -36,6 +37,9 @@ class ParallelContext:
                               f"{dp * tp * pp} ranks, but {self.world} were launched; make the product equal the "
                               f"world size (data_parallel: 0 means world / (tensor_parallel x pipeline_parallel))")
         self.data_parallel, self.tensor_parallel, self.pipeline_parallel = dp, tp, pp
+        self.tensor_parallel_mode = dist_cfg.get("tensor_parallel_mode", DEFAULT_MODE)
+        check_mode(self.tensor_parallel_mode)
+        self._stored_orders = {}  # id(parameter): (parameter, axis, inverse order) of the permuted parameters
         self.distributed = self.world > 1
         per_stage = dp * tp
         self.stage = self.rank // per_stage
@@ -59,8 +63,9 @@ class ParallelContext:
         return self.rank == 0
 
     def describe(self):
+        mode = f" ({self.tensor_parallel_mode})" if self.tensor_parallel > 1 else ""
         return (f"{self.world} rank(s) ({self.device}): data_parallel {self.data_parallel} x tensor_parallel "
-                f"{self.tensor_parallel} x pipeline_parallel {self.pipeline_parallel}")
+                f"{self.tensor_parallel}{mode} x pipeline_parallel {self.pipeline_parallel}")
 
     # ----------------------------------------------------------------- SBP
     def sbp(self, dp_sbp, tp_sbp):
@@ -79,33 +84,42 @@ class ParallelContext:
     # ----------------------------------------------------------------- model
     def check_model(self, model):
         """Raise LayoutError (on every rank, before any collective) if the layout cannot split ``model``."""
-        check_tensor_parallel(model, self.tensor_parallel)
+        check_tensor_parallel(model, self.tensor_parallel, self.tensor_parallel_mode)
         pipeline.level_stages(len(model.levels), self.pipeline_parallel)
 
     def apply(self, module):
         """Move ``module`` to the device; under several ranks make it global: each parameter on its pipeline
-        stage's placement with its tensor-parallel SBP (``broadcast`` on the data-parallel axis)."""
+        stage's placement with its tensor-parallel SBP (``broadcast`` on the data-parallel axis), stored in the
+        plan's order where the plan permutes it (:attr:`~.tensor_parallel.Plan.orders`; undone by :meth:`gather`)."""
         module.to(self.device)
         if not self.distributed:
             return module
         self.check_model(module)
         stages = pipeline.module_stages(module, self.pipeline_parallel)
-        split = tensor_parallel_plan(module)[0] if self.tensor_parallel > 1 else {}  # {name: SBP} of split weights
+        plan = tensor_parallel_plan(module, self.tensor_parallel_mode, self.tensor_parallel) \
+            if self.tensor_parallel > 1 else None
+        split, orders = (plan.sbps, plan.orders) if plan else ({}, {})
         targets = {}
         for name, p in module.named_parameters():
             targets[id(p)] = (self.stage_placements[pipeline.stage_of(name, stages)],
-                              self.sbp(flow.sbp.broadcast, split.get(name, flow.sbp.broadcast)))
+                              self.sbp(flow.sbp.broadcast, split.get(name, flow.sbp.broadcast)), orders.get(name))
         for name, b in module.named_buffers():
-            targets[id(b)] = (self.stage_placements[pipeline.stage_of(name, stages)], self._replicated())
+            targets[id(b)] = (self.stage_placements[pipeline.stage_of(name, stages)], self._replicated(), None)
         def to_target(t):
             # a local tensor given to to_global is taken as this rank's part of the SBP: declare the (identical)
             # complete copies broadcast first, then re-split them as the layout wants
-            placement, sbp = targets[id(t)]
+            placement, sbp, order = targets[id(t)]
+            if order is not None:  # the parallel layout's stored order (tensor_parallel.Plan.orders)
+                t = _permuted(t, *order)
             return _split_complete(t, placement, sbp)
 
         module._apply(to_target)
-        if self.tensor_parallel > 1:
-            set_gate_sbp(module, self.sbp(flow.sbp.split(0), flow.sbp.broadcast))
+        for name, p in module.named_parameters():
+            if name in orders:
+                axis, order = orders[name]
+                self._stored_orders[id(p)] = (p, axis, np.argsort(order))
+        if plan:
+            configure_blocks(module, plan, self.sbp(flow.sbp.split(0), flow.sbp.broadcast), self.tensor_parallel)
         if self.pipeline_parallel > 1:
             pipeline.add_stage_hooks(module, self.pipeline_parallel, lambda s: self.stage_placements[s])
         return module
@@ -132,11 +146,18 @@ class ParallelContext:
     # ----------------------------------------------------------------- state
     def gather(self, obj):
         """Replace global tensors by complete local copies on every rank, recursively (a collective: call it on
-        every rank). Checkpoints are saved from these, so they load into any layout."""
+        every rank); a parameter the layout stores permuted (the ``groups`` plan) comes back in the official
+        order. Checkpoints are saved from these, so they load into any layout. (OneFlow 0.9.0's
+        ``state_dict()`` holds the parameters themselves, which is how a model's permuted ones are recognised;
+        optimizer moments go through :meth:`optimizer_state_to_official` first.)"""
         if isinstance(obj, flow.Tensor):
             if not obj.is_global:
                 return obj
-            return obj.to_global(placement=self.all_placement, sbp=flow.sbp.broadcast).to_local()
+            stored = self._stored_orders.get(id(obj))
+            full = obj.to_global(placement=self.all_placement, sbp=flow.sbp.broadcast).to_local()
+            if stored is not None and stored[0] is obj:
+                full = _permuted(full, stored[1], stored[2])
+            return full
         if isinstance(obj, dict):
             return type(obj)((k, self.gather(v)) for k, v in obj.items())
         if isinstance(obj, (list, tuple)):
@@ -154,9 +175,34 @@ class ParallelContext:
                 state[idx] = per_param
                 continue
             p = params[int(idx)]
-            state[idx] = {k: (_split_complete(v.to(self.device), p.placement,
-                                              p.sbp if v.shape == p.shape else [flow.sbp.broadcast] * len(p.sbp))
-                              if isinstance(v, flow.Tensor) else v)
+            stored = self._stored_orders.get(id(p))
+            order = np.argsort(stored[2]) if stored is not None else None
+
+            def placed(v):
+                if v.shape != p.shape:
+                    return _split_complete(v.to(self.device), p.placement, [flow.sbp.broadcast] * len(p.sbp))
+                v = _permuted(v.to(self.device), stored[1], order) if order is not None else v.to(self.device)
+                return _split_complete(v, p.placement, p.sbp)
+
+            state[idx] = {k: placed(v) if isinstance(v, flow.Tensor) else v for k, v in per_param.items()}
+        return dict(opt_state, state=state)
+
+    def optimizer_state_to_official(self, opt_state, optimizer):
+        """An optimizer state dict (eager format) with the moments of the parameters the layout stores permuted
+        gathered to complete local copies in the official order (the other tensors stay as they are, for
+        :meth:`gather`): what a checkpoint holds, in every layout. A collective under the ``groups`` plan."""
+        if not self._stored_orders:
+            return opt_state
+        params = [p for group in optimizer.param_groups for p in group.parameters]
+        state = {}
+        for idx, per_param in opt_state["state"].items():
+            stored = self._stored_orders.get(id(params[int(idx)])) if isinstance(per_param, dict) else None
+            if stored is None:
+                state[idx] = per_param
+                continue
+            state[idx] = {k: (_permuted(v.to_global(placement=self.all_placement, sbp=flow.sbp.broadcast).to_local(),
+                                        stored[1], stored[2])
+                              if isinstance(v, flow.Tensor) and v.is_global and v.shape == stored[0].shape else v)
                           for k, v in per_param.items()}
         return dict(opt_state, state=state)
 
@@ -224,6 +270,11 @@ class ParallelContext:
     def barrier(self):
         if self.distributed:
             flow.comm.barrier()
+
+
+def _permuted(t, axis, order):
+    """``t.index_select(axis, order)`` of a local tensor (``order``: int64 NumPy array)."""
+    return flow.index_select(t, axis, flow.tensor(order, device=t.device))
 
 
 def _split_complete(t, placement, sbp):

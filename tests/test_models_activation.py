@@ -29,6 +29,19 @@ def test_forward_and_backward_equal_oneflow_gelu():
     assert b.grad[0].item() == pytest.approx(dy[0].item() * 0.5, rel=1e-6)  # gelu'(0) = 1/2
 
 
+def test_inference_path_equals_training_path():
+    """Without a gradient to compute (no_grad, or an input that needs none) only ``gelu(x)`` is computed; its values
+    are the training forward's, and its output records no backward."""
+    x = values()
+    train = gelu(x.clone().requires_grad_())
+    with flow.no_grad():
+        under_no_grad = gelu(x.clone().requires_grad_())
+    plain = gelu(x)
+    assert train.requires_grad and not under_no_grad.requires_grad and not plain.requires_grad
+    assert np.array_equal(train.detach().numpy(), under_no_grad.numpy())
+    assert np.array_equal(train.detach().numpy(), plain.numpy())
+
+
 def test_shapes_and_repeated_calls():
     """Outputs keep their shape and their own memory (OneFlow's allocator), call after call."""
     x = flow.randn(2, 3, 5, 7 * 2000)

@@ -28,6 +28,29 @@ def free_port():
         return s.getsockname()[1]
 
 
+def run_bounded(cmd, timeout=TIMEOUT, check=False, **kw):
+    """``subprocess.run(cmd, timeout=timeout, ...)`` in a session of its own, whose whole process group is killed
+    when the timeout passes: ``subprocess.run`` kills only the launcher, and its ranks (which ignore a first
+    SIGTERM while training) would train on as orphans, slowing every later test."""
+    kw.setdefault("cwd", ROOT)
+    with subprocess.Popen(cmd, start_new_session=True, **{k: v for k, v in kw.items() if k != "capture_output"},
+                          **({"stdout": subprocess.PIPE, "stderr": subprocess.PIPE} if kw.get("capture_output") else {})
+                          ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err)
+    res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    if check:
+        res.check_returncode()
+    return res
+
+
 def launcher(ranks, port=None):
     if ranks == 1:
         return [sys.executable]
@@ -46,8 +69,7 @@ def train_cmd(root, out, *opts, **extra):
 
 
 def run(cmd, expect_ok=True):
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
-                         env=dict(os.environ, GLOG_minloglevel="2"))
+    res = run_bounded(cmd, capture_output=True, text=True, env=dict(os.environ, GLOG_minloglevel="2"))
     if expect_ok:
         assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -67,9 +89,9 @@ def run_many(ranks, runs, out):
     with open(spec, "w") as f:
         json.dump(runs, f)
     try:
-        res = subprocess.run(launcher(ranks) + [os.path.join(ROOT, "tests", "runs_job.py"), spec, str(out)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=TIMEOUT + 90 * len(runs),
-                             env=dict(os.environ, GLOG_minloglevel="2"))
+        res = run_bounded(launcher(ranks) + [os.path.join(ROOT, "tests", "runs_job.py"), spec, str(out)],
+                          capture_output=True, text=True, timeout=TIMEOUT + 90 * len(runs),
+                          env=dict(os.environ, GLOG_minloglevel="2"))
         job = f"job of {len(runs)} runs on {ranks} rank(s) exited {res.returncode}: {res.stderr[-3000:]}"
     except subprocess.TimeoutExpired as exc:
         job = f"job of {len(runs)} runs on {ranks} rank(s) timed out: {(exc.stderr or b'')[-3000:]!r}"

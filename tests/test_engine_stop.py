@@ -20,7 +20,8 @@ import oneflow as flow
 import pytest
 
 from conftest import tiny_train_opts
-from launch import ROOT, TIMEOUT, children, end_pids, free_port, launcher, train_cmd, wait_for_text
+from launch import (ROOT, TIMEOUT, children, end_pids, free_port, launcher, run_bounded, train_cmd,
+                    wait_for_text)
 from test_parallel_layouts import TWO_LEVELS
 from oneflow_posmlp.checkpoint import read_oneflow_checkpoint
 from oneflow_posmlp.config import ConfigError, load_config
@@ -445,9 +446,8 @@ def test_sigterm_to_every_rank_stops_and_resumes_exactly(all_ranks_job, rank1_jo
 
 @pytest.mark.distributed
 def test_a_nan_on_rank_1_only_is_skipped_by_both_ranks_at_the_same_update(tiny_demo_root, tmp_path):
-    res = subprocess.run(launcher(2) + [os.path.join(ROOT, "tests", "nonfinite_job.py"), tiny_demo_root, str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT + 120,
-                         env=dict(os.environ, GLOG_minloglevel="2"))
+    res = run_bounded(launcher(2) + [os.path.join(ROOT, "tests", "nonfinite_job.py"), tiny_demo_root, str(tmp_path)],
+                      capture_output=True, text=True, timeout=TIMEOUT + 120, env=dict(os.environ, GLOG_minloglevel="2"))
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for mode in MODES:

@@ -1,11 +1,10 @@
 """models/activation.py: the NumPy-computed GELU equals OneFlow's exact GELU on CPU, forward and backward."""
 import json
-import subprocess
 
 import numpy as np
 import oneflow as flow
 import pytest
-from launch import ROOT, launcher
+from launch import ROOT, launcher, run_bounded
 
 from oneflow_posmlp.models.activation import GELU, gelu, uses_numpy_path
 
@@ -78,8 +77,8 @@ def test_module_is_an_nn_gelu_and_graphs_use_the_builtin():
 def test_global_tensor_split_over_two_ranks(tmp_path):
     """Each rank computes its part (the output on the rank's own device: on rank 1 a tensor allocated on the
     default device held wrong values, measured), forward and backward equal OneFlow's gelu."""
-    res = subprocess.run(launcher(2) + [str(ROOT + "/tests/gelu_job.py"), str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    res = run_bounded(launcher(2) + [str(ROOT + "/tests/gelu_job.py"), str(tmp_path)], capture_output=True, text=True,
+                      timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     for r in range(2):
         got = json.loads((tmp_path / f"rank{r}.json").read_text())

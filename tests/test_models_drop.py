@@ -1,13 +1,12 @@
 """Drop path and dropout (``models/drop.py``) on local tensors and on global tensors of several ranks, eagerly
 and inside an nn.Graph: what each rank draws is checked by ``tests/drop_masks_job.py``."""
 import json
-import subprocess
 
 import numpy as np
 import oneflow as flow
 import pytest
 
-from launch import ROOT, launcher
+from launch import ROOT, launcher, run_bounded
 from oneflow_posmlp.models.drop import (DropPath, drop_path_keep, drop_path_modules, scale_per_sample,
                                         set_drop_path_keep)
 from oneflow_posmlp.models import build_model
@@ -55,8 +54,8 @@ def test_step_keep_masks_are_rows_of_one_global_draw(tiny_model_cfg):
 def _job(tmp_path, ranks):
     out = tmp_path / f"r{ranks}"
     out.mkdir()
-    res = subprocess.run(launcher(ranks) + [str(ROOT + "/tests/drop_masks_job.py"), str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    res = run_bounded(launcher(ranks) + [str(ROOT + "/tests/drop_masks_job.py"), str(out)], capture_output=True,
+                      text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
 

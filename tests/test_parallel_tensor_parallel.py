@@ -4,13 +4,12 @@ does not divide a level's ``gamma`` is an error (never a silent fallback to repl
 orders hand each rank its own channel groups and compute the one-process gating unit, and the SBP and stored
 order every parameter ends up with on 2 ranks (``tests/tp_plan_job.py``)."""
 import json
-import subprocess
 
 import numpy as np
 import oneflow as flow
 import pytest
 
-from launch import ROOT, TIMEOUT, launcher
+from launch import ROOT, TIMEOUT, launcher, run_bounded
 from oneflow_posmlp.models import build_model
 from oneflow_posmlp.models.layers import PosMLPLayer
 from oneflow_posmlp.models.norm import LayerNorm
@@ -205,8 +204,8 @@ def test_group_major_order_is_the_start_of_the_groups_order():
 
 @pytest.mark.distributed
 def test_every_parameter_ends_up_with_its_planned_sbp_and_order_on_two_ranks(tmp_path):
-    subprocess.run(launcher(2) + [f"{ROOT}/tests/tp_plan_job.py", str(tmp_path)], cwd=f"{ROOT}/tests",
-                   check=True, timeout=TIMEOUT, capture_output=True)
+    run_bounded(launcher(2) + [f"{ROOT}/tests/tp_plan_job.py", str(tmp_path)], cwd=f"{ROOT}/tests",
+                check=True, timeout=TIMEOUT, capture_output=True)
     for rank in (0, 1):
         for mode in ("gather", "groups"):
             got = json.loads((tmp_path / f"rank{rank}_{mode}.json").read_text())

@@ -21,6 +21,7 @@ import oneflow as flow
 
 from .. import slurm
 from ..checkpoint import CheckpointError
+from ..checkpoint.atomic import recover
 from ..checkpoint.transfer import load_transferred
 from ..checkpoint.weights import load_weights
 from ..config import dump_config
@@ -58,9 +59,11 @@ class Trainer:
         self.out = output_dir or cfg["output"]["dir"]
         # checkpoints are read (safely, see checkpoint.oneflow_reader) before anything is written
         init_arrays = load_weights(init)[0] if init else None
-        resume_path = self._resume_path(resume)
+        resume_path, recovered = self._resume_path(resume)
         state = load_training_state(resume_path, cfg) if resume_path else None
         self.log = setup_logging(self.out, self.ctx.rank)
+        if recovered:
+            self.log.warning(recovered)
         self._seed(t["seed"])
 
         self.train_set, self.val_set = build_datasets(cfg)
@@ -129,10 +132,15 @@ class Trainer:
         return min(n, limit) if limit > 0 else n
 
     def _resume_path(self, resume):
-        if resume == "auto":
-            last = os.path.join(self.out, "last")
-            return last if os.path.isdir(last) else None
-        return resume
+        """``(path or None, note)``: the checkpoint to resume from, after :func:`recover` has put back one that a
+        kill during its save left aside (``note`` says so, for the log)."""
+        if not resume:
+            return None, None
+        path = os.path.join(self.out, "last") if resume == "auto" else resume
+        recovered = recover(path)
+        if resume == "auto" and not os.path.isdir(path):
+            return None, recovered
+        return path, recovered
 
     def _load_init(self, arrays, path):
         # weights of other windows (another resolution) are carried over, each kind of change logged

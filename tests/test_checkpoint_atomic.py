@@ -68,8 +68,10 @@ def test_a_failing_second_rename_puts_the_old_directory_back(tmp_path, monkeypat
 def test_recover_puts_back_what_a_kill_between_the_renames_left_aside(tmp_path):
     dst = tmp_path / "last"
     write_dir(tmp_path / ".last.old", "previous")  # the state a kill after the first rename leaves
+    write_dir(tmp_path / ".last.tmp-12345", "new")  # and the killed writer's copy
+    write_dir(tmp_path / ".best.tmp-12345", "other")  # another output's: not this one's to remove
     note = recover(dst)
-    assert read_dir(dst) == "previous" and entries(tmp_path) == ["last"]
+    assert read_dir(dst) == "previous" and entries(tmp_path) == [".best.tmp-12345", "last"]
     assert "restored the previous complete checkpoint" in note and str(dst) in note
     assert recover(dst) is None  # nothing left to do
 
@@ -80,6 +82,14 @@ def test_recover_drops_the_old_one_when_the_new_one_is_in_place(tmp_path):
     write_dir(tmp_path / ".last.old", "previous")  # killed after the second rename
     assert recover(dst) is None
     assert read_dir(dst) == "new" and entries(tmp_path) == ["last"]
+
+
+def test_recover_takes_the_aside_name_of_earlier_versions(tmp_path):
+    dst = tmp_path / "last"
+    write_dir(tmp_path / ".last.tmp-999.old", "previous")  # before: the old one went aside as TMP.old
+    write_dir(tmp_path / ".last.tmp-999", "new")
+    assert "restored" in recover(dst)
+    assert read_dir(dst) == "previous" and entries(tmp_path) == ["last"]
 
 
 def test_the_next_save_recovers_first(tmp_path):

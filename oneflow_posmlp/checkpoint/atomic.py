@@ -5,6 +5,7 @@ process killed between them (SIGKILL, a second stop signal, a node lost) leaves 
 ``.NAME.old``: :func:`recover` puts it back (every write and ``--resume`` call it first), so such a kill costs the
 updates since the previous save, never the checkpoint."""
 import contextlib
+import glob
 import os
 import shutil
 
@@ -16,6 +17,10 @@ def _remove(path):
         os.remove(path)
 
 
+def _tmp_prefix(dst):
+    return os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.tmp-")
+
+
 def _aside(dst):
     return os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.old")
 
@@ -23,10 +28,21 @@ def _aside(dst):
 def recover(dst):
     """Finish a replacement of the directory ``dst`` that a killed process left half done: if ``dst`` is missing
     and its previous version waits aside (``.NAME.old``), move it back; if both exist (killed after the new one
-    was in place), drop the old one. Returns a sentence for the log when ``dst`` was restored, else None. Safe
-    to call from every rank at once (a rename another rank made first is not an error)."""
+    was in place), drop the old one. Unfinished temporary copies a killed writer left (``.NAME.tmp-PID``) are
+    removed: one process writes an output at a time, and it calls this before it starts. Returns a sentence
+    for the log when ``dst`` was restored, else None. Safe to call from every rank at once (a rename another
+    rank made first is not an error)."""
     dst = os.path.abspath(str(dst))
     aside = _aside(dst)
+    stale = glob.glob(glob.escape(_tmp_prefix(dst)) + "*")
+    try:
+        legacy = sorted((p for p in stale if p.endswith(".old")), key=os.path.getmtime)
+        if legacy and not os.path.lexists(dst) and not os.path.lexists(aside):
+            os.rename(legacy[-1], aside)  # the aside name of earlier versions: .NAME.tmp-PID.old
+    except FileNotFoundError:  # another rank moved it first
+        pass
+    for path in stale:  # a killed writer's copy (GBs for posmlp_b)
+        _remove(path)
     if not os.path.lexists(aside):
         return None
     if os.path.lexists(dst):
@@ -53,7 +69,7 @@ def atomic_path(dst):
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
     recover(dst)
-    tmp = os.path.join(parent, f".{os.path.basename(dst)}.tmp-{os.getpid()}")
+    tmp = f"{_tmp_prefix(dst)}{os.getpid()}"
     _remove(tmp)
     try:
         yield tmp

@@ -17,11 +17,13 @@ FLOPS_NOTE = ("2 x multiply-adds of conv, linear and token mixing, one image; no
               "biases, the gate product and the positional maps not counted")
 
 
-def _mixed_channels(m, channels):
-    """Channels a gating unit token-mixes out of its ``channels`` inputs (each mixing is ``N x N``)."""
+def _mixed_channels(m, channels, out_channels):
+    """Channels a gating unit token-mixes out of its ``channels`` inputs (each mixing is ``N x N``); a PoSGU mixes
+    as many channels as it outputs (the gated half with chunks 2, all with chunks 1), also when the block hands it
+    ``u`` and ``v`` apart (its first input is then ``u`` alone)."""
     if isinstance(m, SGU):  # chunks - 1 dense mixings, each over one chunk
         return (channels - m.pad_dim) // m.chunks * (m.chunks - 1)
-    return channels // m.chunks  # PoSGU: the gated half (chunks 2) or all channels (chunks 1)
+    return out_channels
 
 
 def _local(t):
@@ -66,7 +68,7 @@ def count_flops(model, img_size=None, in_chans=None, ctx=None):
 
     def mixing_hook(m, inputs, out):
         B, W, N, D = _local(inputs[0]).shape  # every mixed channel of every window maps N tokens to N
-        by_kind["token_mixing"] += 2 * B * W * N * N * _mixed_channels(m, D)
+        by_kind["token_mixing"] += 2 * B * W * N * N * _mixed_channels(m, D, _local(out).shape[-1])
 
     kinds = ((nn.Conv2d, conv_hook), (nn.Linear, linear_hook), ((PoSGU, SGU), mixing_hook))
     hooks = [(m, None, hook) for m in model.modules() for cls, hook in kinds if isinstance(m, cls)]

@@ -13,11 +13,16 @@ TINY = {"img_size": 32, "embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "
 MODEL_MODULES = [name for name in sys.modules if name.startswith("oneflow_posmlp.models")]
 
 
+MODEL_CACHES = ("_features_t_cache", "_map_cache")  # made by the model's own forward (GQPE features, eval maps)
+
+
 def snapshot(model):
     """Everything a patching profiler could change: each module's attributes and hooks (by identity), the
-    module globals of the model code and the attributes of its classes."""
-    modules = {name: ({k: id(v) for k, v in vars(m).items()}, list(m._forward_pre_hooks.items()),
-                      list(m._forward_hooks.items()), m.training) for name, m in model.named_modules()}
+    module globals of the model code and the attributes of its classes. The caches a forward fills in by itself
+    (:data:`MODEL_CACHES`) are not the profiler's doing and are left out."""
+    modules = {name: ({k: id(v) for k, v in vars(m).items() if k not in MODEL_CACHES},
+                      list(m._forward_pre_hooks.items()), list(m._forward_hooks.items()), m.training)
+               for name, m in model.named_modules()}
     code = {name: {k: id(v) for k, v in vars(sys.modules[name]).items()} for name in MODEL_MODULES}
     classes = {cls: {k: id(v) for k, v in vars(cls).items()} for m in model.modules() for cls in type(m).__mro__}
     return modules, code, classes

@@ -33,9 +33,9 @@ def run_bounded(cmd, timeout=TIMEOUT, check=False, **kw):
     when the timeout passes: ``subprocess.run`` kills only the launcher, and its ranks (which ignore a first
     SIGTERM while training) would train on as orphans, slowing every later test."""
     kw.setdefault("cwd", ROOT)
-    with subprocess.Popen(cmd, start_new_session=True, **{k: v for k, v in kw.items() if k != "capture_output"},
-                          **({"stdout": subprocess.PIPE, "stderr": subprocess.PIPE} if kw.get("capture_output") else {})
-                          ) as proc:
+    if kw.pop("capture_output", False):
+        kw.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with subprocess.Popen(cmd, start_new_session=True, **kw) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

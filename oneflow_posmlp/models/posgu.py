@@ -70,10 +70,9 @@ class PoSGU(nn.Module):
         ``parts > 1``: ``x`` is split over ``parts`` tensor-parallel ranks by channel groups, its channels in
         the order ``x[..., in_order]`` of :meth:`tensor_parallel_groups` (the output in ``out_order``).
         ``v``: the gate half given apart (one process, group-major): ``x`` is then ``u``, ``(B, W, N, D / 2)``."""
-        gate = None if self.pos_only else self.token_proj_n_weight
         if v is not None:  # the halves computed apart (group-major, one process)
-            return self.pos(x, mask=mask, gate=gate, group_major=True) * v
-        if parts > 1:
+            u, group_major = x, True
+        elif parts > 1:
             u, v = (x, x) if self.chunks == 1 else rank_chunks(x, parts, 2)
             group_major = True
         else:

@@ -18,6 +18,7 @@ import signal
 
 import oneflow as flow
 
+from ..config.signals import resolve_signals
 from .dataset import DataError, PaddedDataset, SafeImageFolder, SyntheticDataset
 from .demo import ensure_demo_dataset
 from .mixup import build_mixup, build_train_criterion  # noqa: F401  (re-exported: the data API)
@@ -83,18 +84,18 @@ def local_batch_size(cfg, world):
     return per_step // world
 
 
-def _ignore_signals(names, worker_id):
+def _ignore_signals(signums, worker_id):
     """A loader worker's ``worker_init_fn``: ignore these signals (SIGINT stays: it is the workers' parent-death
     signal)."""
-    for name in names:
-        full = str(name).upper() if str(name).upper().startswith("SIG") else "SIG" + str(name).upper()
-        if full != "SIGINT" and hasattr(signal, full):
-            signal.signal(getattr(signal, full), signal.SIG_IGN)
+    for s in signums:
+        if s != signal.SIGINT:
+            signal.signal(s, signal.SIG_IGN)
 
 
 def _loader(cfg, dataset, batch, sampler):
     workers = cfg["data"]["num_workers"]
-    init = functools.partial(_ignore_signals, tuple(cfg["train"].get("stop_signals", ()))) if workers else None
+    stop_signals = resolve_signals(cfg["train"].get("stop_signals", ()))
+    init = functools.partial(_ignore_signals, stop_signals) if workers else None
     return flow.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=sampler.drop_last,
                                       num_workers=workers, persistent_workers=False, worker_init_fn=init)
 

@@ -9,7 +9,7 @@ ZeRO sharding of optimizer state, activation checkpointing per level. A graph ne
 train loaders drop the last batch, eval loaders pad.
 
 Non-finite updates are never applied: without AMP the graph still runs OneFlow's dynamic loss scaling, at a
-constant scale of 1 (:data:`UNIT_SCALER`), only for its check: when any gradient holds a NaN or an infinity,
+constant scale of 1 (:func:`unit_scaler`), only for its check: when any gradient holds a NaN or an infinity,
 every AdamW update op of the step is skipped (``skip_if``): weights, moments and the train step (from which the
 graph's lr schedule and bias correction are computed) stay as they were; the step object sees that the train
 step did not advance (``engine/step.py``). With one micro-batch per update the graph also returns the 2-norm of

@@ -14,6 +14,7 @@ import oneflow as flow
 from ..checkpoint.atomic import atomic_path
 from ..checkpoint.errors import CheckpointError, disk_full_error
 from ..checkpoint.oneflow_reader import is_oneflow_checkpoint, read_oneflow_checkpoint
+from .stop import any_rank
 
 
 def rng_state():
@@ -69,16 +70,8 @@ def save_training_state(path, state, ctx):
         except OSError as err:
             failure = disk_full_error(err, path, state_nbytes(state)) or CheckpointError(
                 f"cannot write the checkpoint {path} ({err}); an existing {os.path.basename(path)} is unchanged")
-    if _any_rank(failure is not None, ctx):  # also the barrier: rank 0 has finished writing
+    if any_rank([failure is not None], ctx)[0]:  # also the barrier: rank 0 has finished writing
         raise failure or CheckpointError(f"rank 0 could not write the checkpoint {path} (see its error)")
-
-
-def _any_rank(flag, ctx):
-    if not ctx.distributed:
-        return flag
-    t = flow.tensor([1.0 if flag else 0.0]).to(ctx.device)
-    t = t.to_global(placement=ctx.all_placement, sbp=flow.sbp.partial_sum).to_global(sbp=flow.sbp.broadcast)
-    return float(t.to_local().numpy()[0]) > 0
 
 
 def load_training_state(path, cfg):

@@ -17,11 +17,10 @@ import time
 
 import oneflow as flow
 
-from ..config import ConfigError
+from ..config.signals import CATCHABLE, resolve_signals  # noqa: F401  (re-exported)
 
 EXIT_STOPPED = 75    # EX_TEMPFAIL: stopped early with a resumable `last`; resume me (0 stays "finished")
 EXIT_NONFINITE = 3   # halted on a non-finite loss or gradient norm; no checkpoint was written
-CATCHABLE = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGINT", "SIGXCPU")  # what schedulers send before a kill
 
 
 class TrainingStopped(Exception):
@@ -33,19 +32,6 @@ class NonFiniteHalt(Exception):
     """A non-finite loss or gradient norm (``train.nonfinite: halt``, or ``skip`` past its patience): nothing was
     written (exit :data:`EXIT_NONFINITE`); the message names the update, the epoch and the last good checkpoint."""
     exit_code = EXIT_NONFINITE
-
-
-def resolve_signals(names):
-    """``train.stop_signals`` (``["SIGTERM", "SIGUSR1"]``; ``TERM`` works too) -> signal numbers, or a ConfigError
-    naming the bad entry."""
-    nums = []
-    for name in names:
-        full = str(name).upper() if str(name).upper().startswith("SIG") else "SIG" + str(name).upper()
-        if full not in CATCHABLE or not hasattr(signal, full):
-            raise ConfigError(f"train.stop_signals: {name!r} is not a signal a run can stop on; use names from "
-                              f"{', '.join(CATCHABLE)} (or [] for none)")
-        nums.append(int(getattr(signal, full)))
-    return sorted(set(nums))
 
 
 def signal_name(signum):

@@ -184,9 +184,7 @@ class GraphStep:
         held = self.graph.state_dict()
         if suffix not in self._held:
             self._held[suffix] = next(k for k in held if k.endswith(suffix))
-        t = held[self._held[suffix]]
-        if t.is_global:  # wherever the graph placed it: every rank reads it (a collective)
-            t = t.to_global(placement=self.ctx.all_placement, sbp=flow.sbp.broadcast).to_local()
+        t = self.ctx.gather(held[self._held[suffix]])  # wherever the graph placed it: every rank reads it
         return float(t.numpy().reshape(-1)[0])
 
     def discard(self):

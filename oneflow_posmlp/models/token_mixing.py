@@ -267,7 +267,6 @@ class GQPE(TokenMap):
             score = score + mask.unsqueeze(1)  # (W, S, N, N)
         return score.softmax(dim=-1) if self.use_softmax else score
 
-
     def _features_t(self):
         """``rel_indices`` as ``(D, N*N)``. Eagerly a contiguous copy kept between calls (made again when the buffer
         is replaced, e.g. placed as a global tensor): with the transposed view OneFlow copied it before every

@@ -154,7 +154,7 @@ class ParallelContext:
             if not obj.is_global:
                 return obj
             stored = self._stored_orders.get(id(obj))
-            full = obj.to_global(placement=self.all_placement, sbp=flow.sbp.broadcast).to_local()
+            full = self._complete(obj)
             if stored is not None and stored[0] is obj:
                 full = _permuted(full, stored[1], stored[2])
             return full
@@ -187,6 +187,10 @@ class ParallelContext:
             state[idx] = {k: placed(v) if isinstance(v, flow.Tensor) else v for k, v in per_param.items()}
         return dict(opt_state, state=state)
 
+    def _complete(self, t):
+        """A complete local copy of the global tensor ``t`` on every rank (a collective)."""
+        return t.to_global(placement=self.all_placement, sbp=flow.sbp.broadcast).to_local()
+
     def optimizer_state_to_official(self, opt_state, optimizer):
         """An optimizer state dict (eager format) with the moments of the parameters the layout stores permuted
         gathered to complete local copies in the official order (the other tensors stay as they are, for
@@ -200,8 +204,7 @@ class ParallelContext:
             if stored is None:
                 state[idx] = per_param
                 continue
-            state[idx] = {k: (_permuted(v.to_global(placement=self.all_placement, sbp=flow.sbp.broadcast).to_local(),
-                                        stored[1], stored[2])
+            state[idx] = {k: (_permuted(self._complete(v), stored[1], stored[2])
                               if isinstance(v, flow.Tensor) and v.is_global and v.shape == stored[0].shape else v)
                           for k, v in per_param.items()}
         return dict(opt_state, state=state)

@@ -122,8 +122,8 @@ def resolve_config(path):
     name = base[:-5] if base.endswith(".yaml") else base
     if folder in ("", "configs") and name in builtin_configs():
         return os.path.join(BUILTIN_DIR, name + ".yaml")
-    raise ConfigError(f"config {path} is neither a file nor a built-in config; pass the path of a YAML file or a "
-                      f"built-in name: {', '.join(builtin_configs())}")
+    raise ConfigError(f"config {path} not found: no such file, nor a built-in config; pass the path of a YAML file "
+                      f"or a built-in name: {', '.join(builtin_configs())}")
 
 
 def load_config(path=None, opts=None):

@@ -107,8 +107,10 @@ BUILTIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 
 def builtin_configs():
-    """The names of the built-in configs (``demo``, ``posmlp_t``, ...), sorted."""
-    return sorted(n[:-5] for n in os.listdir(BUILTIN_DIR) if n.endswith(".yaml"))
+    """The names of the built-in configs (``demo``, ``posmlp_t``, ...), sorted (none in a package built without
+    its package data)."""
+    names = os.listdir(BUILTIN_DIR) if os.path.isdir(BUILTIN_DIR) else []
+    return sorted(n[:-5] for n in names if n.endswith(".yaml"))
 
 
 def resolve_config(path):

@@ -6,15 +6,21 @@ reads it from there (``version = attr: oneflow_posmlp.__version__``). Nothing he
 versions are read from the installed distributions' metadata.
 """
 import platform
-from importlib import metadata
 
 from . import __version__
+
+try:
+    from importlib import metadata
+except ImportError:  # Python 3.7: no importlib.metadata
+    metadata = None
 
 __all__ = ["__version__", "installed_version", "version_text"]
 
 
 def installed_version(dist):
     """The version of the installed distribution ``dist`` (e.g. ``oneflow``), or ``"not installed"``."""
+    if metadata is None:
+        return "unknown"
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:

@@ -35,6 +35,15 @@ def test_a_path_wins_over_a_name(tmp_path, monkeypatch):
     assert load_config("configs/posmlp_t.yaml")["train"]["epochs"] == 3  # the user's configs/, not the package's
 
 
+def test_a_folder_does_not_hide_a_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "posmlp_s").mkdir()  # e.g. an output folder named after the model
+    assert load_config("posmlp_s")["model"]["embed_dims"][0] == 128
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ConfigError, match="config path mine is a directory"):
+        load_config("mine")
+
+
 @pytest.mark.parametrize("given", ["demoo", "other/demo.yaml", "configs/nope.yaml"])
 def test_an_unknown_name_lists_the_built_in_names(tmp_path, monkeypatch, given):
     monkeypatch.chdir(tmp_path)

@@ -114,16 +114,19 @@ def builtin_configs():
 
 
 def resolve_config(path):
-    """The YAML file that ``-c PATH`` means: ``PATH`` itself when it exists, else the built-in config that
+    """The YAML file that ``-c PATH`` means: the file ``PATH`` when there is one, else the built-in config that
     ``PATH`` names: ``NAME``, ``NAME.yaml`` or the checkout's ``configs/NAME.yaml`` (the commands in the docs,
-    run outside a checkout). A :class:`ConfigError` lists the built-in names."""
+    run outside a checkout; a folder called ``demo`` does not hide ``-c demo``). A :class:`ConfigError` lists the
+    built-in names."""
     path = str(path)
-    if os.path.exists(path):
+    if os.path.isfile(path):
         return path
     folder, base = os.path.split(path)
     name = base[:-5] if base.endswith(".yaml") else base
     if folder in ("", "configs") and name in builtin_configs():
         return os.path.join(BUILTIN_DIR, name + ".yaml")
+    if os.path.exists(path):
+        return path  # a folder (or a special file): load_config's error says so
     raise ConfigError(f"config {path} not found: no such file, nor a built-in config; pass the path of a YAML file "
                       f"or a built-in name: {', '.join(builtin_configs())}")
 

@@ -9,13 +9,43 @@ from .. import _env, slurm
 
 
 def config_parser(description, **kwargs):
-    """An argument parser with ``-c/--config``, ``--opts`` and ``--verbose`` (``kwargs``: ArgumentParser's)."""
+    """An argument parser with ``-c/--config``, ``--opts``, ``--verbose`` and ``--version`` (``kwargs``:
+    ArgumentParser's)."""
     p = argparse.ArgumentParser(description=description, **kwargs)
-    p.add_argument("-c", "--config", required=True, help="YAML config (configs/*.yaml)")
+    p.add_argument("-c", "--config", required=True, help=config_help())
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                    help="dotted overrides, e.g. train.lr=1e-3 model.num_classes=10")
     add_verbose(p)
+    add_version(p)
     return p
+
+
+def config_help():
+    """``-c``'s help: a path, or one of the built-in names (no OneFlow imported: ``--help`` stays quick)."""
+    from ..config.loader import builtin_configs
+
+    return f"YAML config: a file, or a built-in name ({', '.join(builtin_configs())})"
+
+
+def add_version(parser):
+    """``--version``: this package's version and the stack's (:func:`oneflow_posmlp.version.version_text`)."""
+    parser.add_argument("--version", action=_PrintVersion)
+    return parser
+
+
+class _PrintVersion(argparse.Action):
+    """Prints ``PROG: oneflow-posmlp X.Y.Z (OneFlow ..., flowvision ..., Python ...)`` on one line and exits
+    (argparse's own version action wraps it at the terminal width)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version of oneflow-posmlp (and of OneFlow, flowvision, Python) and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..version import version_text
+
+        print(f"{parser.prog}: {version_text()}")
+        parser.exit()
 
 
 def add_verbose(parser):

@@ -14,6 +14,7 @@ import oneflow as flow
 from ..checkpoint.atomic import atomic_path
 from ..checkpoint.errors import CheckpointError, disk_full_error
 from ..checkpoint.oneflow_reader import is_oneflow_checkpoint, read_oneflow_checkpoint
+from ..checkpoint.weights import with_version
 from .stop import any_rank
 
 
@@ -56,12 +57,13 @@ def state_nbytes(obj):
 
 
 def save_training_state(path, state, ctx):
-    """``state`` (model/ema/optimizer state dicts, scaler, counters, RNG, config, class names)
-    to the directory ``path``: written by rank 0 under a temporary name, then renamed; other ranks wait.
+    """``state`` (model/ema/optimizer state dicts, scaler, counters, RNG, config, class names), with
+    ``posmlp_version`` (the version writing it), to the directory ``path``: written by rank 0 under a temporary
+    name, then renamed; other ranks wait.
 
     A write that fails (a full disk, ...) leaves an existing ``path`` as it was and raises the same
     :class:`CheckpointError` on every rank (a full disk names the path and the space needed)."""
-    state = ctx.gather(state)  # a collective: every rank takes part, rank 0 writes
+    state = ctx.gather(with_version(state))  # a collective: every rank takes part, rank 0 writes
     failure = None
     if ctx.is_main:
         try:

@@ -73,3 +73,86 @@ def test_demo_run_with_cuda_reported_finishes_and_resumes_exactly(cuda_reported,
     for part in ("model", "ema"):
         for k, v in a[part].items():
             assert np.abs(v.numpy().astype(np.float64) - b[part][k].numpy()).max() <= 1e-6, (part, k)
+
+
+def _cuda_training(overrides, tiny_model_cfg):
+    """The step a CUDA run builds (``build_training`` as the trainer and the benchmark call it) for a tiny model left
+    on the CPU (moving it would run a CUDA kernel): returns ``(Training, ParallelContext)``."""
+    from oneflow_posmlp.engine.step import build_training
+    from oneflow_posmlp.models import build_model
+    from oneflow_posmlp.parallel import ParallelContext
+
+    opts = ["dist.device=cuda", *(f"{k}={v}" for k, v in overrides.items())]
+    cfg = load_config("configs/demo.yaml", opts)
+    ctx = ParallelContext(cfg["dist"])
+    model = build_model(dict(tiny_model_cfg, num_classes=cfg["model"]["num_classes"]))
+    return build_training(cfg, model, flow.nn.CrossEntropyLoss(), ctx, 10), ctx
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("accum", [1, 4])
+def test_graph_configs_of_a_cuda_run(cuda_reported, tiny_model_cfg, zero_stage, accum):
+    """AMP, the dynamic loss scaler, ZeRO, accumulation and the fusions as a CUDA run's graph is configured."""
+    from oneflow_posmlp.engine.graph import FUSIONS_LEFT_OFF
+
+    training, ctx = _cuda_training({"train.graph": "true", "train.amp": "true", "dist.zero_stage": zero_stage,
+                                    "train.grad_accum_steps": accum}, tiny_model_cfg)
+    assert ctx.device == "cuda" and training.amp
+    graph = training.step.graph
+    proto = graph.config.proto
+    assert proto.enable_auto_mixed_precision and "mixed_precision_data_type: kFloat16" in str(proto)
+    assert (proto.num_gradient_accumulation_steps or 1) == accum
+    # ZeRO (OneFlow's enable_zero): optimizer state sharded over the data-parallel ranks from stage 1 on
+    assert proto.optimizer_placement_optimization_mode == ("distributed_split" if zero_stage else "")
+    assert proto.enable_fuse_model_update_ops and proto.enable_fuse_add_to_output and proto.enable_fuse_cast_scale
+    for option in FUSIONS_LEFT_OFF:
+        assert not getattr(proto, option), option
+    scaler = graph._grad_scaler  # AMP's dynamic loss scaling, as written into the job's train_conf
+    assert (scaler._init_scale, scaler._growth_factor, scaler._backoff_factor, scaler._growth_interval) == \
+        (2.0 ** 16, 2.0, 0.5, 2000) == (graph.initial_loss_scale, 2.0, 0.5, 2000)
+    assert graph.returns_grad_norm == (accum == 1 and not zero_stage)
+
+
+def test_eager_amp_step_of_a_cuda_run(cuda_reported, tiny_model_cfg, monkeypatch):
+    """The eager CUDA step: AMP on, its loss scaler's state and skip; AdamW built in its fused form (asked of
+    OneFlow 0.9.0's ``AdamW(..., fused=True)``, which here, the parameters being on the CPU, declines with its
+    warning)."""
+    from oneflow_posmlp.engine import optim
+
+    monkeypatch.setattr(optim, "fusable", lambda params: True)  # the parameters' question: are they on CUDA?
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        training, _ = _cuda_training({"train.amp": "true"}, tiny_model_cfg)
+    step = training.step
+    assert training.amp and step.amp and step.scaler.enabled and step.loss_scale == 2.0 ** 16
+    assert any("Fused Adamw only support cuda parameters" in str(w.message) for w in caught)
+
+    scaler = step.scaler
+    params = [p for p in step.params if p.ndim > 1][:2]
+    for p in params:
+        p.grad = flow.ones_like(p) * scaler.scale
+    assert scaler.unscale_and_check(params) and all(float(p.grad.max().numpy()) == 1.0 for p in params)
+    params[1].grad = flow.full_like(params[1], float("inf"))
+    assert not scaler.unscale_and_check(params)  # overflow: the step is skipped, the scale backs off
+    assert scaler.state_dict() == {"scale": 2.0 ** 15, "good_steps": 0, "enabled": True}
+    for _ in range(scaler.growth_interval):
+        scaler.update(True)
+    assert scaler.scale == 2.0 ** 16
+    restored = type(scaler)()
+    restored.load_state_dict(scaler.state_dict())
+    assert restored.state_dict() == scaler.state_dict()
+
+
+def test_fused_adamw_only_for_cuda_parameters_of_one_layout():
+    from types import SimpleNamespace as P
+
+    from oneflow_posmlp.engine.optim import fusable
+
+    b, s0 = flow.sbp.broadcast, flow.sbp.split(0)
+    local = P(is_cuda=True, is_global=False)
+    dp = P(is_cuda=True, is_global=True, placement="cuda:[0, 1]", sbp=(b,))
+    assert fusable([local, local]) and fusable([dp, dp])
+    assert not fusable([local, P(is_cuda=False, is_global=False)])  # a CPU parameter
+    assert not fusable([dp, P(is_cuda=True, is_global=True, placement="cuda:[2, 3]", sbp=(b,))])  # pipeline stages
+    assert not fusable([P(is_cuda=True, is_global=True, placement="cuda:[0, 1]", sbp=(s0,))])  # tensor parallel
+    assert not fusable([])

@@ -7,6 +7,7 @@ SLURM's LOCAL_RANK (tests/test_slurm.py), the MFU peaks (tests/test_engine_mfu.p
 (tests/test_engine_guidance.py), the OneFlow API the code names (tests/test_oneflow_api.py)."""
 import shutil
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import oneflow as flow
@@ -19,11 +20,20 @@ from oneflow_posmlp.engine import Trainer
 from oneflow_posmlp.engine.state import rng_preserved, rng_state, set_rng_state
 
 
+A100 = SimpleNamespace(name="NVIDIA A100-SXM4-80GB", major=8, minor=0, total_memory=80 * 2 ** 30,
+                       multi_processor_count=108)
+
+
+def report_cuda(monkeypatch, count=2, props=A100):
+    """OneFlow says ``count`` CUDA devices ``props`` are there (a GPU host); any CUDA kernel would still fail."""
+    monkeypatch.setattr(flow.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(flow.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(flow.cuda, "get_device_properties", lambda device=None: props)  # name, capability, memory
+
+
 @pytest.fixture
 def cuda_reported(monkeypatch):
-    """OneFlow says two CUDA devices are there (a GPU host); any CUDA kernel would still fail."""
-    monkeypatch.setattr(flow.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(flow.cuda, "device_count", lambda: 2)
+    report_cuda(monkeypatch)
 
 
 def _draws():

@@ -1,7 +1,7 @@
 """The optimizer side of a training step, shared by the trainer, its graph, the benchmark and the recipe test:
-AdamW parameter groups, the optimizer built from the ``train:`` config (eager on CUDA: AdamW's fused form), gradient clipping by one global norm
-(timm's ``clip_grad_norm_`` over all parameters, the official runs) or by parameter group (what an
-``nn.Graph`` does in OneFlow 0.9.0), and the weight EMA.
+AdamW parameter groups, the optimizer built from the ``train:`` config (eager on CUDA: AdamW's fused form),
+gradient clipping by one global norm (timm's ``clip_grad_norm_`` over all parameters, the official runs) or by
+parameter group (what an ``nn.Graph`` does in OneFlow 0.9.0), and the weight EMA.
 """
 import math
 import re

@@ -87,7 +87,7 @@ def test_demo_run_with_cuda_reported_finishes_and_resumes_exactly(cuda_reported,
 
 def _cuda_training(overrides, tiny_model_cfg):
     """The step a CUDA run builds (``build_training`` as the trainer and the benchmark call it) for a tiny model left
-    on the CPU (moving it would run a CUDA kernel): returns ``(Training, ParallelContext)``."""
+    on the CPU (moving it would run a CUDA kernel): returns ``(Training, ParallelContext, model)``."""
     from oneflow_posmlp.engine.step import build_training
     from oneflow_posmlp.models import build_model
     from oneflow_posmlp.parallel import ParallelContext
@@ -96,7 +96,7 @@ def _cuda_training(overrides, tiny_model_cfg):
     cfg = load_config("configs/demo.yaml", opts)
     ctx = ParallelContext(cfg["dist"])
     model = build_model(dict(tiny_model_cfg, num_classes=cfg["model"]["num_classes"]))
-    return build_training(cfg, model, flow.nn.CrossEntropyLoss(), ctx, 10), ctx
+    return build_training(cfg, model, flow.nn.CrossEntropyLoss(), ctx, 10), ctx, model
 
 
 @pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
@@ -105,7 +105,7 @@ def test_graph_configs_of_a_cuda_run(cuda_reported, tiny_model_cfg, zero_stage, 
     """AMP, the dynamic loss scaler, ZeRO, accumulation and the fusions as a CUDA run's graph is configured."""
     from oneflow_posmlp.engine.graph import FUSIONS_LEFT_OFF
 
-    training, ctx = _cuda_training({"train.graph": "true", "train.amp": "true", "dist.zero_stage": zero_stage,
+    training, ctx, model = _cuda_training({"train.graph": "true", "train.amp": "true", "dist.zero_stage": zero_stage,
                                     "train.grad_accum_steps": accum}, tiny_model_cfg)
     assert ctx.device == "cuda" and training.amp
     graph = training.step.graph
@@ -121,6 +121,8 @@ def test_graph_configs_of_a_cuda_run(cuda_reported, tiny_model_cfg, zero_stage, 
     assert (scaler._init_scale, scaler._growth_factor, scaler._backoff_factor, scaler._growth_interval) == \
         (2.0 ** 16, 2.0, 0.5, 2000) == (graph.initial_loss_scale, 2.0, 0.5, 2000)
     assert graph.returns_grad_norm == (accum == 1 and not zero_stage)
+    evaluation = training.step.eval_forward(model).config.proto  # the eval graph: AMP too
+    assert evaluation.enable_auto_mixed_precision and evaluation.enable_fuse_add_to_output
 
 
 def test_eager_amp_step_of_a_cuda_run(cuda_reported, tiny_model_cfg, monkeypatch):
@@ -132,7 +134,7 @@ def test_eager_amp_step_of_a_cuda_run(cuda_reported, tiny_model_cfg, monkeypatch
     monkeypatch.setattr(optim, "fusable", lambda params: True)  # the parameters' question: are they on CUDA?
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        training, _ = _cuda_training({"train.amp": "true"}, tiny_model_cfg)
+        training = _cuda_training({"train.amp": "true"}, tiny_model_cfg)[0]
     step = training.step
     assert training.amp and step.amp and step.scaler.enabled and step.loss_scale == 2.0 ** 16
     assert any("Fused Adamw only support cuda parameters" in str(w.message) for w in caught)

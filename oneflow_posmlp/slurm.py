@@ -10,8 +10,8 @@ is imported (the tools call it first: ``oneflow_posmlp.cli.run``):
 ``RANK``        ``SLURM_PROCID``
 ``WORLD_SIZE``  ``SLURM_STEP_NUM_TASKS`` (the step's tasks), else ``SLURM_NTASKS``
 ``LOCAL_RANK``  ``0`` when ``CUDA_VISIBLE_DEVICES`` names one device (SLURM bound one GPU to the task:
-                ``--gpus-per-task=1``, ``--gpu-bind=single:1``), else ``SLURM_LOCALID`` (the task sees the node's
-                GPUs); OneFlow takes the process's device from it (:func:`local_rank`)
+                ``--gpus-per-task=1``, ``--gpu-bind=single:1``), else ``SLURM_LOCALID`` (the task sees the
+                node's GPUs); OneFlow takes the process's device from it (:func:`local_rank`)
 ``MASTER_ADDR`` the first host of ``SLURM_STEP_NODELIST``, else of ``SLURM_JOB_NODELIST`` (``SLURM_NODELIST``),
                 compressed forms included (``node[01-04,07]``, ``a[1-2],b3``, ``rack[1-2]-gpu[01-08]``)
 ``MASTER_PORT`` ``MASTER_PORT`` if set, else ``12000 + SLURM_JOB_ID % 20000`` (below Linux's ephemeral ports; two

@@ -23,9 +23,15 @@ import os
 import subprocess
 import sys
 
-# float32 bytes a training forward keeps per image, by (embed_dims, depths, img_size): measured on CPU with
-# this module's command (module docstring); the names are the shipped configs'
-ACTIVATION_BYTES_PER_IMAGE = {}
+# float32 bytes a training forward keeps per image, by (embed_dims, depths, img_size): measured on CPU with the
+# module docstring's command (2026-12-04, this project's shared 2-core machine; the spans' figures in MiB after
+# each line); the names are the shipped configs'
+ACTIVATION_BYTES_PER_IMAGE = {
+    ((96, 192, 384, 768), (2, 2, 18, 2), (224, 224)): ("posmlp_t", 199784448),  # 191, 176, 172
+    ((128, 256, 512, 1024), (2, 2, 18, 2), (224, 224)): ("posmlp_s", 240906240),  # 208, 230, 226
+    ((192, 384, 768, 1536), (2, 2, 18, 2), (224, 224)): ("posmlp_b", 399123456),  # 361, 381, 330
+    ((96, 192, 384, 768), (2, 2, 18, 2), (384, 384)): ("posmlp_t_384", 570437632),  # 544, 482, 355
+}
 BUDGET = 0.75  # of the device's memory for activations (the rest: weights, gradients, AdamW moments, workspace)
 PROBE_SPANS = ((1, 3), (2, 6), (4, 8))  # pairs of batch sizes whose peak memory is compared; the largest growth
 

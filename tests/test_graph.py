@@ -118,3 +118,25 @@ def test_graph_step_returns_the_eager_steps_gradient_norm_before_clipping(tiny_d
         norms[mode] = got
     assert len(norms["graph"]) == 3 and min(norms["eager"]) > 1.0
     np.testing.assert_allclose(norms["graph"], norms["eager"], rtol=1e-5)
+
+
+def update_ops(graph):
+    """``{op name: input names}`` of the optimizer update ops in a compiled graph's plan (after OneFlow's passes)."""
+    ops = graph._compiled_graph_proto.net.op
+    return {op.name: sorted(op.user_conf.input) for op in ops
+            if op.HasField("user_conf") and op.user_conf.op_type_name.endswith("_update")}
+
+
+def test_compiled_update_ops_keep_the_loss_scalers_skip_and_scale():
+    """With the fusions the train graph turns on, every AdamW update op of the compiled plan still takes the loss
+    scaler's ``skip_if`` (a step with non-finite gradients is not applied) and ``scale_by_tensor`` (1 / scale)."""
+    model, opt = _setup()
+    graph = TrainGraph(model, flow.nn.CrossEntropyLoss(), opt)
+    x, y = _batches()[0]
+    graph(x, y)
+    ops = update_ops(graph)
+    assert len(ops) == len(list(model.parameters()))
+    assert all({"skip_if", "scale_by_tensor"} <= set(inputs) for inputs in ops.values()), ops
+    proto = graph.config.proto
+    assert proto.enable_fuse_model_update_ops and proto.enable_fuse_add_to_output and proto.enable_fuse_cast_scale
+    assert not proto.enable_multi_tensor_update and not proto.enable_fused_model_update_cast

@@ -30,6 +30,7 @@ from ..models import build_model
 from ..models.drop import drop_path_modules
 from ..parallel import ParallelContext
 from .evaluate import evaluate
+from .guidance import warn_if_large_micro_batch
 from .logger import CsvLog, TensorBoardWriter, setup_logging
 from .mfu import TrainMfu
 from .optim import build_ema
@@ -117,6 +118,7 @@ class Trainer:
         self.log.info(f"model {cfg['model'].get('name') or 'custom'}: {params:,} parameters; {len(self.train_set)} "
                       f"train / {len(self.val_set)} val images; global batch {t['batch_size']} on "
                       f"{self.ctx.describe()}{launched}; lr {self.lr:.3g}; {self.updates_per_epoch} updates/epoch")
+        warn_if_large_micro_batch(cfg, self.ctx, self.log.warning)  # engine/guidance.py: micro-batch vs memory
         if self.tb:
             self.tb.add_text("config", "```\n" + dump_config(cfg) + "\n```", 0)
 

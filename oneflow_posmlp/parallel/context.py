@@ -18,7 +18,7 @@ import math
 import numpy as np
 import oneflow as flow
 
-from . import pipeline
+from . import devices, pipeline
 from .errors import LayoutError
 from .tensor_parallel import DEFAULT_MODE, check_mode, check_tensor_parallel, configure_blocks, tensor_parallel_plan
 
@@ -30,6 +30,8 @@ class ParallelContext:
         self.device = dist_cfg["device"]
         if self.device == "cuda" and not flow.cuda.is_available():
             raise LayoutError("dist.device is 'cuda' but OneFlow sees no CUDA device; use --opts dist.device=cpu")
+        if self.device == "cuda":
+            devices.check_this_process()  # the rank's device is visible, the GPU can run the wheel's kernels
         tp, pp = dist_cfg["tensor_parallel"], dist_cfg["pipeline_parallel"]
         dp = dist_cfg["data_parallel"] or max(self.world // (tp * pp), 1)
         if dp * tp * pp != self.world:

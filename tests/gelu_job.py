@@ -6,7 +6,7 @@ import sys
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 import oneflow as flow
 
-from oneflow_posmlp.models.activation import gelu, uses_numpy_path
+from oneflow_posmlp.cpu_kernels.gelu import gelu, uses_numpy_path
 
 out = sys.argv[1]
 P = flow.placement("cpu", ranks=[0, 1])

@@ -62,25 +62,27 @@ class PoSGU(nn.Module):
         split = {f"pos.{name}": axis for name, axis in self.pos.group_axes.items()}
         return in_order, blocks.reshape(-1), split
 
-    def forward(self, x, mask=None, group_major=False, parts=1, v=None):
+    def forward(self, x, mask=None, group_major=False, parts=1):
         """x: ``(B, W, N, D)``; mask: ``(W, N, N)`` or None -> ``(B, W, N, D / chunks)``.
 
         ``group_major``: the channels of each half of ``x``, and of the output, are in the order ``(s v)``
         (``x[..., self.hidden_order(D)]``) instead of the official ``(v s)``; same values, permuted.
         ``parts > 1``: ``x`` is split over ``parts`` tensor-parallel ranks by channel groups, its channels in
-        the order ``x[..., in_order]`` of :meth:`tensor_parallel_groups` (the output in ``out_order``).
-        ``v``: the gate half given apart (one process, group-major): ``x`` is then ``u``, ``(B, W, N, D / 2)``."""
-        if v is not None:  # the halves computed apart (group-major, one process)
-            u, group_major = x, True
-        elif parts > 1:
+        the order ``x[..., in_order]`` of :meth:`tensor_parallel_groups` (the output in ``out_order``)."""
+        if parts > 1:
             u, v = (x, x) if self.chunks == 1 else rank_chunks(x, parts, 2)
             group_major = True
         else:
             u, v = (x, x) if self.chunks == 1 else x.chunk(2, dim=-1)
+        return self.gate(u, v, mask, group_major)
+
+    def gate(self, u, v, mask=None, group_major=False):
+        """``mix(u) * v`` for the halves ``u``, ``v``: ``(B, W, N, D / chunks)`` each, in the channel order that
+        ``group_major`` names."""
         gate = None if self.pos_only else self.token_proj_n_weight
         if group_major:
             return self.pos(u, mask=mask, gate=gate, group_major=True) * v
-        return self.pos(u, mask=mask, gate=gate) * v
+        return self.pos(u, mask=mask, gate=gate) * v  # (a frozen map of the ONNX export takes no channel order)
 
 
 def rank_chunks(x, parts, chunks):

@@ -29,7 +29,7 @@ from ..models.norm import LayerNorm
 from ..models.token_mixing import GQPE, LRPE
 from .conv import Conv2d
 from .gelu import GELU
-from .group_major import GroupMajorPosMLPLayer
+from .group_major import GatheredLinear, GroupMajorPosMLPLayer
 from .layer_norm import LayerNorm as CpuLayerNorm
 from .token_bias import CpuGQPE, CpuLRPE
 
@@ -38,7 +38,7 @@ ENV = "POSMLP_CPU_KERNELS"
 # {model class: its CPU kernel}; exact types (a subclass of a model class keeps its own forward)
 KERNELS = {nn.GELU: GELU, LayerNorm: CpuLayerNorm, nn.Conv2d: Conv2d, GQPE: CpuGQPE, LRPE: CpuLRPE,
            PosMLPLayer: GroupMajorPosMLPLayer}
-OFFICIAL = {kernel: model_cls for model_cls, kernel in KERNELS.items()}
+OFFICIAL = {**{kernel: model_cls for model_cls, kernel in KERNELS.items()}, GatheredLinear: nn.Linear}
 
 
 def cpu_kernels_enabled(configured=True, environ=None):
@@ -61,6 +61,8 @@ def apply_cpu_kernels(model, enabled=True):
         module.__class__ = kernel
         if kernel is GroupMajorPosMLPLayer:
             module._group_major_orders = {}
+            for proj in (module.proj_c_e, module.proj_c_s):
+                proj.__class__ = GatheredLinear  # called with the gathering orders
         swapped += 1
     return swapped
 

@@ -12,26 +12,30 @@ Taken by one-process-per-layout blocks with a PoSGU (``hidden_order``) and whole
 (``gate_sbp`` or ``gate_parts`` set) and a tensor outside the CPU run the model's own :meth:`forward_gate`.
 """
 import oneflow as flow
+import oneflow.nn as nn
 
 from ..models.layers import PosMLPLayer
 from .device import on_cpu
 
 
-def _linear(layer, x, out_order=None, in_order=None):
-    """``layer(x)`` with its output features taken in ``out_order`` or its input features in ``in_order`` (weight
-    rows or columns gathered; the module's parameters unchanged)."""
-    weight, bias = layer.weight, layer.bias
-    if out_order is not None:
-        weight = flow.index_select(weight, 0, out_order)
-        bias = None if bias is None else flow.index_select(bias, 0, out_order)
-    if in_order is not None:
-        weight = flow.index_select(weight, 1, in_order)
-    return flow.nn.functional.linear(x, weight, bias)
+class GatheredLinear(nn.Linear):
+    """``nn.Linear`` (same parameters) whose call can take its output features in ``out_order`` or its input features
+    in ``in_order`` (weight rows or columns gathered): ``(..., in_features) -> (..., out_features)``. A module call,
+    so forward hooks (``bench/profile.py``) time it as a Linear."""
+
+    def forward(self, x, out_order=None, in_order=None):  # (no super(): nn.Graph calls via a proxy)
+        weight, bias = self.weight, self.bias
+        if out_order is not None:
+            weight = flow.index_select(weight, 0, out_order)
+            bias = None if bias is None else flow.index_select(bias, 0, out_order)
+        if in_order is not None:
+            weight = flow.index_select(weight, 1, in_order)
+        return flow.nn.functional.linear(x, weight, bias)
 
 
 class GroupMajorPosMLPLayer(PosMLPLayer):
-    """:class:`~oneflow_posmlp.models.layers.PosMLPLayer` running its PoSGU on group-major channels;
-    ``forward_gate``: ``(B, W, N, C) -> (B, W, N, C)``."""
+    """:class:`~oneflow_posmlp.models.layers.PosMLPLayer` running its PoSGU on group-major channels (its
+    ``proj_c_e``/``proj_c_s`` are :class:`GatheredLinear`); ``forward_gate``: ``(B, W, N, C) -> (B, W, N, C)``."""
 
     def forward_gate(self, x, mask=None):  # (no super(): nn.Graph calls via a proxy)
         unit = self.gate_unit
@@ -42,11 +46,11 @@ class GroupMajorPosMLPLayer(PosMLPLayer):
         h = self.norm(x)
         if unit.chunks == 2:
             half = self.hidden_dim // 2
-            u = self.act(_linear(self.proj_c_e, h, out_order=order[:half]))
-            v = self.act(_linear(self.proj_c_e, h, out_order=order[half:]))
+            u = self.act(self.proj_c_e(h, out_order=order[:half]))
+            v = self.act(self.proj_c_e(h, out_order=order[half:]))
         else:
-            u = v = self.act(_linear(self.proj_c_e, h, out_order=order))
-        out = _linear(self.proj_c_s, unit.gate(u, v, mask, group_major=True), in_order=order[: self.split_dim])
+            u = v = self.act(self.proj_c_e(h, out_order=order))
+        out = self.proj_c_s(unit.gate(u, v, mask, group_major=True), in_order=order[: self.split_dim])
         return x + self.drop_path(self.drop(out))
 
     def _order_like(self, x):

@@ -47,23 +47,23 @@ def group_mix(token_map: flow.Tensor, x: flow.Tensor, group_major: bool = False)
     B, W, N, C = x.shape
     Wm, S = token_map.shape[0], token_map.shape[1]
     V = C // S
-    if group_major:
-        if Wm > 1 and channels_split(x):
-            return _group_mix_groups_first(token_map, x)
-        if Wm == 1:
-            xs = x.reshape(B * W, N, S, V).permute(2, 1, 0, 3).reshape(S, N, B * W * V)
-            out = flow.bmm(token_map[0], xs)  # (S, N, B*W*V)
-            return out.reshape(S, N, B * W, V).permute(2, 1, 0, 3).reshape(B, W, N, C)
-        xs = x.reshape(B, W, N, S, V).permute(1, 3, 2, 0, 4).reshape(W * S, N, B * V)
-        out = flow.bmm(token_map.reshape(W * S, N, N), xs)  # (W*S, N, B*V)
-        return out.reshape(W, S, N, B, V).permute(3, 0, 2, 1, 4).reshape(B, W, N, C)
+    if group_major and Wm > 1 and channels_split(x):
+        return _group_mix_groups_first(token_map, x)
+    channels, s_axis, v_axis = ((S, V), 0, 1) if group_major else ((V, S), 1, 0)  # the channel axis, split
     if Wm == 1:
-        xs = x.reshape(B * W, N, V, S).permute(3, 1, 0, 2).reshape(S, N, B * W * V)
+        perm = (2 + s_axis, 1, 0, 2 + v_axis)  # (B*W, N, channels) -> (S, N, B*W, V)
+        xs = x.reshape(B * W, N, *channels).permute(*perm).reshape(S, N, B * W * V)
         out = flow.bmm(token_map[0], xs)  # (S, N, B*W*V)
-        return out.reshape(S, N, B * W, V).permute(2, 1, 3, 0).reshape(B, W, N, C)
-    xs = x.reshape(B, W, N, V, S).permute(1, 4, 2, 0, 3).reshape(W * S, N, B * V)
+        return out.reshape(S, N, B * W, V).permute(*_inverse(perm)).reshape(B, W, N, C)
+    perm = (1, 3 + s_axis, 2, 0, 3 + v_axis)  # (B, W, N, channels) -> (W, S, N, B, V)
+    xs = x.reshape(B, W, N, *channels).permute(*perm).reshape(W * S, N, B * V)
     out = flow.bmm(token_map.reshape(W * S, N, N), xs)  # (W*S, N, B*V)
-    return out.reshape(W, S, N, B, V).permute(3, 0, 2, 4, 1).reshape(B, W, N, C)
+    return out.reshape(W, S, N, B, V).permute(*_inverse(perm)).reshape(B, W, N, C)
+
+
+def _inverse(perm):
+    """The permutation that undoes ``perm``."""
+    return tuple(int(i) for i in np.argsort(perm))
 
 
 def _group_mix_groups_first(token_map: flow.Tensor, x: flow.Tensor) -> flow.Tensor:
@@ -238,9 +238,8 @@ class GQPE(TokenMap):
 
     def _features_t(self):
         """``rel_indices`` as ``(D, N*N)``. Eagerly a contiguous copy kept between calls (made again when the buffer
-        is replaced, e.g. placed as a global tensor): with the transposed view OneFlow copied it before every
-        matmul, 2 of the 5 ms of a level-2 map of posmlp_t (3.1 vs 1.0 ms for the matmul, measured). The buffer
-        is a function of the window only, so nothing a step changes can make the copy stale."""
+        is replaced): OneFlow copies a transposed view before every matmul otherwise (docs/benchmark.md). The buffer is
+        a function of the window only, so nothing a step changes can make the copy stale."""
         rel = self.rel_indices
         features_t = rel.reshape(self.seq_len * self.seq_len, -1).transpose(0, 1)
         if rel.is_lazy:  # inside an nn.Graph: the graph plans the layout itself

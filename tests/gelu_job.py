@@ -1,4 +1,4 @@
-"""A launched job for tests/test_models_activation.py: the NumPy GELU on a global tensor split over 2 ranks
+"""A launched job for tests/test_cpu_kernels_gelu.py: the NumPy GELU on a global tensor split over 2 ranks
 (forward and backward) against OneFlow's gelu; each rank writes its largest differences to OUT/rank{r}.json."""
 import json
 import sys

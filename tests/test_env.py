@@ -38,6 +38,12 @@ def test_importing_the_package_changes_no_environment_variable_and_installs_no_i
     assert json.loads(_python(SIDE_EFFECTS)) == {"changed": [], "hooks": [], "oneflow": False}
 
 
+def test_importing_the_models_registers_them_in_flowvision_as_timm_models_do():
+    code = ("import oneflow_posmlp.models\nfrom flowvision.models import ModelCreator\n"
+            "print(sorted(ModelCreator.model_list('posmlp*')))")
+    assert _python(code) == str(["posmlp_b", "posmlp_s", "posmlp_t", "posmlp_t_384"])
+
+
 def test_the_tools_set_the_cpu_defaults_before_oneflow_starts_but_keep_the_users_settings():
     vm, core = _python(TOOL_SETTINGS).split()
     assert vm == ("0" if _env.cpu_only_machine() else "unset")

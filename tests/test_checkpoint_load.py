@@ -72,27 +72,27 @@ def _run(tool, capsys, *args):
     return code, one_error_line(capsys.readouterr().err)
 
 
+def _run_tool(tool, capsys, path, root, tmp_path):
+    opts = ["--opts", *tiny_train_opts(root)]
+    if tool == "eval":
+        return _run(eval_tool, capsys, "-c", DEMO, "--weights", path, *opts)
+    if tool == "predict":
+        return _run(predict_tool, capsys, "-c", DEMO, "--weights", path, root, *opts)
+    return _run(export_tool, capsys, "-c", DEMO, "--weights", path, "--out", str(tmp_path / "m.onnx"), *opts)
+
+
 @pytest.mark.parametrize("tool", ["eval", "predict", "export"])
 def test_each_tool_names_the_fix_it_accepts_for_a_classifier_of_another_size(tool, tiny_demo_root, tmp_path, capsys):
     path = weights_of(tmp_path / "w", num_classes=10)
-    opts = ["--opts", *tiny_train_opts(tiny_demo_root)]
-    if tool == "eval":
-        code, line = _run(eval_tool, capsys, "-c", DEMO, "--weights", path, *opts)
-    elif tool == "predict":
-        code, line = _run(predict_tool, capsys, "-c", DEMO, "--weights", path, tiny_demo_root, *opts)
-    else:
-        code, line = _run(export_tool, capsys, "-c", DEMO, "--weights", path, "--out", str(tmp_path / "m.onnx"), *opts)
+    code, line = _run_tool(tool, capsys, path, tiny_demo_root, tmp_path)
     assert code == 2
     assert line == (f"error: {path}: the weights have a 10-class classifier, the model 4 classes: pass --opts "
                     f"model.num_classes=10")
 
 
-@pytest.mark.parametrize("tool", ["eval", "predict"])
+@pytest.mark.parametrize("tool", ["eval", "predict", "export"])
 def test_the_tools_name_the_other_architecture_in_one_line(tool, tiny_demo_root, tmp_path, capsys):
     path = weights_of(tmp_path / "w", embed_dims=[16, 32, 64, 64])
-    opts = ["--opts", *tiny_train_opts(tiny_demo_root)]
-    extra = [tiny_demo_root] if tool == "predict" else []
-    code, line = _run(eval_tool if tool == "eval" else predict_tool, capsys, "-c", DEMO, "--weights", path, *extra,
-                      *opts)
+    code, line = _run_tool(tool, capsys, path, tiny_demo_root, tmp_path)
     assert code == 2 and line.startswith(f"error: {path}: the checkpoint is of another model (model.embed_dims: "
                                          f"checkpoint [16, 32, 64, 64], config [")

@@ -117,3 +117,12 @@ def test_the_token_bias_form_is_bit_identical_to_the_broadcast():
     apply_cpu_kernels(pos)
     assert isinstance(pos, CpuGQPE)
     np.testing.assert_array_equal(pos.add_bias(x).numpy(), official)
+
+
+def test_the_onnx_export_takes_the_official_forms(monkeypatch):
+    from oneflow_posmlp.export.onnx import prepare_for_export
+
+    monkeypatch.delenv(ENV, raising=False)
+    model = tiny()
+    apply_cpu_kernels(model)
+    assert not uses_cpu_kernels(prepare_for_export(model)) and uses_cpu_kernels(model)  # a copy, the original kept

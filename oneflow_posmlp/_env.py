@@ -82,12 +82,12 @@ def set_verbose(environ=None):
         environ.pop(GLOG_LEVEL, None)
 
 
-def prepare_process(verbose_=False, environ=None):
-    """What a CPU run needs before OneFlow starts: ``--verbose`` (:func:`set_verbose`), then
+def prepare_process(show_logs=False, environ=None):
+    """What a CPU run needs before OneFlow starts: ``show_logs`` (``--verbose``: :func:`set_verbose`), then
     :func:`apply_cpu_defaults` and :func:`quiet_cpu_logs`. Called by the entry points (``cli.run``, ``tools/*.py``,
     ``tests/conftest.py``); returns the names set."""
     environ = os.environ if environ is None else environ
-    if verbose_:
+    if show_logs:
         set_verbose(environ)
     done = apply_cpu_defaults(environ)
     if quiet_cpu_logs(environ):

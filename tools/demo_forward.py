@@ -16,6 +16,7 @@ prepare_process()  # the CPU settings OneFlow reads when it starts
 import oneflow as flow
 
 from oneflow_posmlp.config import ConfigError
+from oneflow_posmlp.cpu_kernels import apply_cpu_kernels
 from oneflow_posmlp.models import create_model, list_models
 
 
@@ -26,6 +27,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         model = create_model(args.model).eval()
+        apply_cpu_kernels(model)  # a CPU run (POSMLP_CPU_KERNELS=0: the official forms)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
     params = sum(p.numel() for p in model.parameters())

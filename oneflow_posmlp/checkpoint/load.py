@@ -20,6 +20,7 @@ from .weights import load_weights
 HEAD_PREFIX = "head."
 BACKBONE_DROPS = ("norm.", "head.")  # what a features_only backbone keeps of a classifier's weights: all but these
 SHOWN = 3  # mismatches named in the one-line error
+CONFIG_HEAD_FIX = "pass --opts model.num_classes={n}"  # the fix the config-driven tools (eval, predict, export) take
 # model-config keys that may differ between the weights and the model: they change no tensor, or the loader
 # handles them (classifier: the head rule; windows and image size: the transfer)
 FREE_KEYS = ("name", "drop_rate", "drop_path_rate", "num_classes", "win_size", "img_size")

@@ -10,8 +10,6 @@ import sys
 
 from . import config_parser, run
 
-HEAD_FIX = "pass --opts model.num_classes={n}"  # a classifier of another size: what this tool accepts
-
 
 def main(argv=None):
     p = config_parser(__doc__.splitlines()[0])
@@ -28,6 +26,7 @@ def main(argv=None):
 
     def go():
         from ..checkpoint import load_into_model, load_pretrained, load_weights
+        from ..checkpoint.load import CONFIG_HEAD_FIX
         from ..config import load_config
         from ..export.onnx import OnnxUnavailable, export_onnx, import_oneflow_onnx
         from ..models import build_model
@@ -40,7 +39,7 @@ def main(argv=None):
         cfg = load_config(args.config, list(args.opts))
         model = build_model(cfg["model"])
         if args.weights:
-            load_pretrained(model, load_weights(args.weights, ema=args.ema), source=args.weights, head_fix=HEAD_FIX,
+            load_pretrained(model, load_weights(args.weights, ema=args.ema), source=args.weights, head_fix=CONFIG_HEAD_FIX,
                             log=lambda line: print(line, file=sys.stderr))  # nothing in the file runs; other windows
         if args.features_only:
             backbone = build_model(cfg["model"], features_only=True)

@@ -8,8 +8,6 @@ import sys
 
 from . import config_parser, run
 
-HEAD_FIX = "pass --opts model.num_classes={n}"  # a classifier of another size: what this tool accepts
-
 
 def main(argv=None):
     p = config_parser(__doc__.splitlines()[0])
@@ -26,7 +24,8 @@ def main(argv=None):
         p.error("--topk and --batch-size must be at least 1")
 
     def go():
-        from ..checkpoint import load_pretrained, load_weights
+        from ..checkpoint.load import CONFIG_HEAD_FIX, load_pretrained
+        from ..checkpoint import load_weights
         from ..config import load_config
         from ..cpu_kernels import apply_cpu_kernels
         from ..data import create_eval_transform, resolve_data_config
@@ -37,7 +36,7 @@ def main(argv=None):
         files, errors = collect_images(args.paths)
         model = build_model(cfg["model"])
         _, _, meta = load_pretrained(model, load_weights(args.weights, ema=args.ema), source=args.weights,
-                                     head_fix=HEAD_FIX, log=lambda line: print(line, file=sys.stderr))  # other windows
+                                     head_fix=CONFIG_HEAD_FIX, log=lambda line: print(line, file=sys.stderr))  # other windows
         apply_cpu_kernels(model, cfg["dist"]["cpu_kernels"])  # predict runs on the CPU
         names = check_names(class_names(meta, args.labels), model.num_classes)
         transform = create_eval_transform(resolve_data_config(model.default_cfg, cfg["aug"]))

@@ -6,7 +6,7 @@ trainer calls the same :func:`evaluate` after its epochs.
 """
 import oneflow as flow
 
-from ..checkpoint.load import load_pretrained
+from ..checkpoint.load import CONFIG_HEAD_FIX, load_pretrained
 from ..data import build_val_dataset, build_val_loader
 from ..models import build_model
 from ..parallel import ParallelContext
@@ -54,9 +54,6 @@ def evaluate(model, loader, ctx, forward=None, amp=False):
     return meter.result()
 
 
-HEAD_FIX = "pass --opts model.num_classes={n}"  # what posmlp-eval accepts for a classifier of another size
-
-
 def evaluate_weights(cfg, weights, source=None, log=None):
     """Evaluate ``weights`` (a path, ``(arrays, metadata)`` from :func:`~oneflow_posmlp.checkpoint.load_weights`, or
     ``{name: array}``) as the model of ``cfg`` on its validation split, in the layout of ``cfg['dist']``
@@ -67,7 +64,7 @@ def evaluate_weights(cfg, weights, source=None, log=None):
     loader = build_val_loader(cfg, build_val_dataset(cfg), ctx.data_rank, ctx.data_parallel)
     model = build_model(cfg["model"])
     # loaded into the local model before it becomes global: a checkpoint of any layout evaluates in any other
-    load_pretrained(model, (weights, {}) if isinstance(weights, dict) else weights, head_fix=HEAD_FIX, log=log,
+    load_pretrained(model, (weights, {}) if isinstance(weights, dict) else weights, head_fix=CONFIG_HEAD_FIX, log=log,
                     source=source)
     ctx.apply(model)
     amp = cfg["train"]["amp"] and ctx.device == "cuda"

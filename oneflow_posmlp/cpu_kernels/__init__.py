@@ -13,6 +13,7 @@ model module                  CPU kernel                           form
 ``nn.Conv2d`` (with bias)     :class:`.conv.Conv2d`                bias added after a bias-free convolution
 ``GQPE`` / ``LRPE``           :mod:`.token_bias`                   token bias with a trailing unit axis
 ``PosMLPLayer`` (PoSGU)       :mod:`.group_major`                  hidden channels in group-major order
+``proj_c_e``, ``proj_c_s``    :class:`.group_major.GatheredLinear` their weight rows / columns gathered
 ============================  ===================================  ==========================================
 
 One switch: the runs apply them on CPU (``ParallelContext.apply`` when ``dist.device: cpu``; ``posmlp-predict``)

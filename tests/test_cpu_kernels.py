@@ -126,3 +126,13 @@ def test_the_onnx_export_takes_the_official_forms(monkeypatch):
     model = tiny()
     apply_cpu_kernels(model)
     assert not uses_cpu_kernels(prepare_for_export(model)) and uses_cpu_kernels(model)  # a copy, the original kept
+
+
+def test_the_flop_counter_counts_the_same_with_the_kernels(monkeypatch):
+    from oneflow_posmlp.models.flops import count_flops
+
+    monkeypatch.delenv(ENV, raising=False)
+    model = tiny()
+    official = count_flops(model)
+    apply_cpu_kernels(model)  # every module the counter hooks is still called as a module
+    assert count_flops(model) == official and official[0] > 0

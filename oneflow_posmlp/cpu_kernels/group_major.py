@@ -44,13 +44,13 @@ class GroupMajorPosMLPLayer(PosMLPLayer):
             return PosMLPLayer.forward_gate(self, x, mask)
         order = self._order_like(x)
         h = self.norm(x)
-        if unit.chunks == 2:
+        if unit.chunks == 2:  # the halves from two products: no chunk copy
             half = self.hidden_dim // 2
             u = self.act(self.proj_c_e(h, out_order=order[:half]))
-            v = self.act(self.proj_c_e(h, out_order=order[half:]))
+            gated = unit(u, mask=mask, group_major=True, v=self.act(self.proj_c_e(h, out_order=order[half:])))
         else:
-            u = v = self.act(self.proj_c_e(h, out_order=order))
-        out = self.proj_c_s(unit.gate(u, v, mask, group_major=True), in_order=order[: self.split_dim])
+            gated = unit(self.act(self.proj_c_e(h, out_order=order)), mask=mask, group_major=True)
+        out = self.proj_c_s(gated, in_order=order[: self.split_dim])  # (the unit called as a module: hooks see it)
         return x + self.drop_path(self.drop(out))
 
     def _order_like(self, x):

@@ -62,13 +62,16 @@ class PoSGU(nn.Module):
         split = {f"pos.{name}": axis for name, axis in self.pos.group_axes.items()}
         return in_order, blocks.reshape(-1), split
 
-    def forward(self, x, mask=None, group_major=False, parts=1):
+    def forward(self, x, mask=None, group_major=False, parts=1, v=None):
         """x: ``(B, W, N, D)``; mask: ``(W, N, N)`` or None -> ``(B, W, N, D / chunks)``.
 
         ``group_major``: the channels of each half of ``x``, and of the output, are in the order ``(s v)``
         (``x[..., self.hidden_order(D)]``) instead of the official ``(v s)``; same values, permuted.
         ``parts > 1``: ``x`` is split over ``parts`` tensor-parallel ranks by channel groups, its channels in
-        the order ``x[..., in_order]`` of :meth:`tensor_parallel_groups` (the output in ``out_order``)."""
+        the order ``x[..., in_order]`` of :meth:`tensor_parallel_groups` (the output in ``out_order``).
+        ``v``: the gate half given apart, ``(B, W, N, D / 2)``; ``x`` is then the gated half ``u``."""
+        if v is not None:
+            return self.gate(x, v, mask, group_major)
         if parts > 1:
             u, v = (x, x) if self.chunks == 1 else rank_chunks(x, parts, 2)
             group_major = True

@@ -31,6 +31,7 @@ class _Parser(argparse.ArgumentParser):
     def format_help(self):
         from oneflow_posmlp import _env
 
+        _env.prepare_process()
         _env.import_oneflow_quietly()
         from oneflow_posmlp.models import list_models
 

@@ -58,15 +58,15 @@ def run(main, verbose=False):
     """Call ``main()`` after importing OneFlow (its CPU start-up noise hidden unless ``verbose`` or
     ``POSMLP_VERBOSE=1``); user errors (bad config, data, checkpoint, layout, export) become one ``error: ...``
     line and exit 2. Anything else is a bug and keeps its traceback. Started by ``srun`` without a launcher,
-    the ranks come from SLURM's variables (``oneflow_posmlp/slurm.py``, before OneFlow is imported).
+    the ranks come from SLURM's variables (``oneflow_posmlp/slurm.py``, before OneFlow is imported), and the
+    process settings OneFlow reads at start-up are set first (``_env.prepare_process``).
 
     The error line is written first to this rank's log file (``log_rank{rank}.txt``) when the tool named one
     (``engine.logger.expect_log``: ``posmlp-train`` does once the config names the output directory) and its
     directory exists (``engine.logger.log_error``), then to
     stderr: under ``oneflow.distributed.launch`` the launcher ends every rank as soon as one exits and then prints
     its own ``CalledProcessError`` traceback (docs/parallel.md), so each rank's log says why the job stopped."""
-    if verbose:
-        _env.set_verbose()
+    _env.prepare_process(verbose)  # CPU defaults and quiet logs, before OneFlow starts
     try:
         slurm.apply_slurm_env()
     except ValueError as err:

@@ -21,7 +21,7 @@ from . import add_verbose, add_version, config_help, run
 
 
 def main(argv=None):
-    from ..checkpoint.convert import VERIFY_ATOL, VERIFY_RTOL  # (numpy, no OneFlow: --help stays quick)
+    from ..conversion import VERIFY_ATOL, VERIFY_RTOL  # (numpy, no OneFlow: --help stays quick)
     from ..config.model import list_models  # no OneFlow: the registry for --help
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -57,7 +57,7 @@ def main(argv=None):
         p.error("--num-classes needs --model or --config")
 
     def go():
-        from ..checkpoint.convert import VerificationError, convert_torch_to_oneflow, export_oneflow_to_safetensors, verify
+        from ..conversion import VerificationError, convert_torch_to_oneflow, export_oneflow_to_safetensors, verify
         from ..checkpoint.oneflow_io import is_oneflow_checkpoint
 
         try:

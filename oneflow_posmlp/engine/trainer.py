@@ -331,7 +331,7 @@ class Trainer:
             step = (t["seed"], self.updates, self.batch_in_epoch % self.accum)  # seeds every draw of the micro-batch
             if self.mixup is not None:
                 with numpy_seeded(*step, ctx.data_rank):
-                    x, y = self.mixup(x, y)  # on local tensors, before to_global
+                    x, y = self.mixup(x, y)  # on the device batch, local tensors: before to_global
             keep = self._drop_path_keep(len(x), step)
             self.batch_in_epoch += 1
             window_images += local_batch * ctx.data_parallel

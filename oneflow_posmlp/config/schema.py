@@ -44,6 +44,7 @@ DEFAULTS = {
     "model": {"name": "posmlp_t"},
     "data": {
         "root": None,            # ImageFolder root holding <train_split>/<class>/* and <val_split>/<class>/*
+        "format": "folder",      # folder (ImageFolder) | shards (tar shards + index of tools/make_shards.py)
         "train_split": "train",
         "val_split": "val",
         "demo": False,           # generate the embedded demo data set at `root` when it is missing
@@ -148,6 +149,7 @@ CHOICES = {
     ("aug", "train_interpolation"): ("random", "bilinear", "bicubic", "nearest"),
     ("aug", "interpolation"): ("bilinear", "bicubic", "nearest"),
     ("dist", "device"): ("cpu", "cuda"),
+    ("data", "format"): ("folder", "shards"),
     ("dist", "tensor_parallel_mode"): ("groups", "gather"),
     ("dist", "zero_stage"): (0, 1, 2, 3),
     ("model", "stem_norm"): ("BN", "LN"),

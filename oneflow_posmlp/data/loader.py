@@ -25,6 +25,7 @@ from .demo import ensure_demo_dataset
 from .device import DeviceErasing, DeviceLoader, DevicePrep
 from .mixup import build_mixup, build_train_criterion  # noqa: F401  (re-exported: the data API)
 from .sampler import ResumableDistributedSampler
+from .shards import ShardDataset
 from .transforms import build_transforms
 
 
@@ -47,9 +48,7 @@ def build_datasets(cfg):
     if d["synthetic"]:
         return SyntheticDataset(d["synthetic_size"], tuple(m["img_size"]), m["num_classes"], seed=1), \
             build_val_dataset(cfg)
-    root = data_root(cfg)
-    train = SafeImageFolder(os.path.join(root, d["train_split"]), build_transforms(cfg, True, "uint8"),
-                            seed=cfg["train"]["seed"])
+    train = _split(cfg, d["train_split"], build_transforms(cfg, True, "uint8"), seed=cfg["train"]["seed"])
     _check_classes(train, m["num_classes"], "training")
     val = build_val_dataset(cfg)
     if val.classes != train.classes:
@@ -65,9 +64,17 @@ def build_val_dataset(cfg):
     d, m = cfg["data"], cfg["model"]
     if d["synthetic"]:
         return SyntheticDataset(max(d["synthetic_size"] // 4, 1), tuple(m["img_size"]), m["num_classes"], seed=2)
-    val = SafeImageFolder(os.path.join(data_root(cfg), d["val_split"]), build_transforms(cfg, False, "uint8"))
+    val = _split(cfg, d["val_split"], build_transforms(cfg, False, "uint8"))
     _check_classes(val, m["num_classes"], "validation")
     return val
+
+
+def _split(cfg, split, transform, seed=None):
+    """One split of ``data.root``: an ImageFolder (``data.format: folder``) or its tar shards (``shards``)."""
+    root = data_root(cfg)
+    if cfg["data"]["format"] == "shards":
+        return ShardDataset(root, split, transform, seed=seed)
+    return SafeImageFolder(os.path.join(root, split), transform, seed=seed)
 
 
 def _check_classes(dataset, num_classes, split):

@@ -336,7 +336,8 @@ class Trainer:
             self.batch_in_epoch += 1
             window_images += local_batch * ctx.data_parallel
             progress.update(1)
-            result = self.step.run(x, y, keep, step)
+            # the boundary's agreement is made inside the step, read with its loss and gradient norm (one host read)
+            result = self.step.run(x, y, keep, step, lambda values: self._agree(values, total))  # (5th: agree)
             if result is not None:  # an update boundary: the optimizer has stepped (or skipped a non-finite one)
                 decision = self._decide(result, epoch_end=self.batch_in_epoch == total)
                 saved = None
@@ -364,8 +365,23 @@ class Trainer:
         progress.close()
         return self.loss_sum / max(self.loss_count, 1)
 
+    def _agree(self, values, total):
+        """The step's ``agree`` (``engine/step.py``): the boundary's agreement of all ranks with the update's device
+        ``values`` read in its one collective; kept for :meth:`_decide`, the values read returned to the step."""
+        self._agreed = self._agreement(epoch_end=self.batch_in_epoch == total, values=values)
+        return self._agreed.values
+
     def _decide(self, result, epoch_end):
-        """The agreement of all ranks at an update boundary (one collective, ``engine/stop.py``). The budget asks
+        """The agreement of all ranks at an update boundary (one collective, ``engine/stop.py``): the one the step
+        made with its values (:meth:`_agree`), with the update's finiteness (the same on every rank: the values
+        were read from one rank), or one made now."""
+        agreed, self._agreed = getattr(self, "_agreed", None), None
+        if agreed is not None:
+            return agreed._replace(nonfinite=agreed.nonfinite or not result.finite)
+        return self._agreement(epoch_end, nonfinite=not result.finite)
+
+    def _agreement(self, epoch_end, nonfinite=False, values=None):
+        """One collective: the stop signals, the time budget, ``nonfinite``, and ``values`` read. The budget asks
         whether the next piece of work fits with a checkpoint after it: the next update, or at the end of the
         epoch its evaluation and checkpoints."""
         budget = self.stop.budget
@@ -375,7 +391,7 @@ class Trainer:
             next_seconds, saves = budget.eval_estimate(evals), 2 if evals else 1
         else:
             next_seconds, saves = budget.update_seconds(), 1
-        return self.stop.decide(nonfinite=not result.finite, next_seconds=next_seconds, saves_after=saves)
+        return self.stop.decide(nonfinite=nonfinite, next_seconds=next_seconds, saves_after=saves, values=values)
 
     def _nonfinite(self, result):
         """A non-finite loss or gradient norm on some rank at this update (the step did not apply it): count the

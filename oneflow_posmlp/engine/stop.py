@@ -153,11 +153,11 @@ def any_rank(flags, ctx, values=None):
     return t.to_local().numpy().tolist()
 
 
-Decision = collections.namedtuple("Decision", "stop signalled nonfinite values", defaults=((),))
+Decision = collections.namedtuple("Decision", "stop signalled nonfinite values counts", defaults=((), ()))
 Decision.__doc__ = """What all ranks agreed at an update boundary: ``stop`` a reason (``"SIGTERM on rank 1"``,
 ``"train.max_minutes"``) or None; ``signalled`` ``{rank: signal name}``; ``nonfinite`` whether any rank saw a
 non-finite loss or gradient norm at this update; ``values`` the read ``values`` :meth:`StopControl.decide` was
-given."""
+given; ``counts`` the ``counts`` summed over the ranks."""
 
 
 class StopControl:
@@ -166,25 +166,27 @@ class StopControl:
     def __init__(self, signals, budget, ctx):
         self.signals, self.budget, self.ctx = signals, budget, ctx
 
-    def decide(self, nonfinite=False, next_seconds=0.0, saves_after=1, values=None):
+    def decide(self, nonfinite=False, next_seconds=0.0, saves_after=1, values=None, counts=()):
         """One collective on every rank: per rank the signal it received (0: none), whether its budget is spent
         (``next_seconds`` of work and ``saves_after`` checkpoints would not fit) and whether it saw a non-finite
         value; with ``values`` (a device vector, the same on every rank) those too, read in the same collective
-        (:func:`any_rank`). Returns a :class:`Decision`."""
+        (:func:`any_rank`); ``counts`` (numbers per rank, e.g. corrupt images skipped) summed in it. Returns a
+        :class:`Decision`."""
         ctx = self.ctx
         mine = [0.0] * ctx.world
         mine[ctx.rank] = float(self.signals.received or 0)
         late = self.budget.exhausted(next_seconds, saves_after)
-        flags = mine + [float(late), float(bool(nonfinite))]
+        flags = mine + [float(late), float(bool(nonfinite))] + [float(c) for c in counts]
         summed = any_rank(flags, ctx, values)
         summed, read = summed[:len(flags)], tuple(summed[len(flags):])
+        counted = tuple(int(round(c)) for c in summed[len(flags) - len(counts):])
         signalled = {r: signal_name(int(round(v))) for r, v in enumerate(summed[:ctx.world]) if v}
         stop = None
         if signalled:
             stop = _describe(signalled, ctx.world)
         elif summed[ctx.world]:
             stop = "train.max_minutes"
-        return Decision(stop, signalled, bool(summed[ctx.world + 1]), read)
+        return Decision(stop, signalled, bool(summed[ctx.world + 1]), read, counted)
 
 
 def _describe(signalled, world):

@@ -391,7 +391,24 @@ class Trainer:
             next_seconds, saves = budget.eval_estimate(evals), 2 if evals else 1
         else:
             next_seconds, saves = budget.update_seconds(), 1
-        return self.stop.decide(nonfinite=nonfinite, next_seconds=next_seconds, saves_after=saves, values=values)
+        # at the epoch's end the corrupt images each rank skipped ride along (summed), for rank 0's report
+        counts = [getattr(self.train_set, "skipped", 0)] if epoch_end else []
+        decision = self.stop.decide(nonfinite=nonfinite, next_seconds=next_seconds, saves_after=saves, values=values,
+                                    counts=counts)
+        if epoch_end:
+            self._report_skipped(decision.counts[0])
+        return decision
+
+    def _report_skipped(self, skipped):
+        """Rank 0: the corrupt images skipped so far on all ranks (each rank's log names its files)."""
+        if not self.ctx.is_main:
+            return
+        if skipped:
+            self.log.warning(f"epoch {self.epoch}: {skipped} corrupt image(s) skipped so far on all "
+                             f"{self.ctx.data_parallel} data-parallel rank(s); each rank's log_rank<r>.txt names its "
+                             f"files")
+        if self.tb:
+            self.tb.add_scalar("data/corrupt_images_skipped", skipped, self.epoch)
 
     def _nonfinite(self, result):
         """A non-finite loss or gradient norm on some rank at this update (the step did not apply it): count the

@@ -14,7 +14,6 @@ a missing, truncated or changed shard (size at open; at every read the tar heade
 it), an index of another data set, labels outside the classes. A member that is not an image is a corrupt image
 (skipped, as in folders). Standard library ``tarfile``, no third-party reader.
 """
-import hashlib
 import io
 import json
 import os
@@ -25,6 +24,7 @@ import oneflow as flow
 from flowvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from PIL import Image
 
+from ..checkpoint.convert import sha256_of
 from .dataset import DataError, SkipCorrupt, check_image_folder
 
 INDEX_FORMAT = "oneflow-posmlp-shards-1"
@@ -38,14 +38,6 @@ class ShardError(DataError):
 
 def index_path(root, split):
     return os.path.join(root, f"{split}-index.json")
-
-
-def _sha256(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _add(tar, name, data):
@@ -126,7 +118,7 @@ def index_shards(root, split, classes=None, log=print):
             samples["size"].append(images[key][1])
             samples["label"].append(labels[key])
             samples["key"].append(key)
-        shards.append({"name": name, "size": os.path.getsize(path), "sha256": _sha256(path)})
+        shards.append({"name": name, "size": os.path.getsize(path), "sha256": sha256_of(path)})
     top = max(samples["label"], default=-1)
     if classes is None:
         classes = [str(c) for c in range(top + 1)]
@@ -176,7 +168,7 @@ class ShardDataset(SkipCorrupt, flow.utils.data.Dataset):
             if size != s["size"]:
                 raise ShardError(f"shard {path} is {size} bytes but the index says {s['size']}: it was truncated "
                                  f"or changed; {fix}")
-            if verify and _sha256(path) != s["sha256"]:
+            if verify and sha256_of(path) != s["sha256"]:
                 raise ShardError(f"shard {path} does not match the sha256 of its index: it was changed; {fix}")
         smp = index["samples"]
         self.offsets, self.sizes, self.keys = smp["offset"], smp["size"], smp["key"]

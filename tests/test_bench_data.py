@@ -9,7 +9,7 @@ from oneflow_posmlp.config import load_config
 def test_data_benchmark_reports_every_figure(tiny_demo_root):
     cfg = load_config("configs/demo.yaml", [f"data.root={tiny_demo_root}", "data.demo=false", "train.batch_size=8"])
     result = run_data_benchmark(cfg, images=8, workers=(1,), loader_batches=2, reads=False)
-    for key in ("train_ms_per_image_uint8", "train_ms_per_image_float", "eval_ms_per_image_uint8",
+    for key in ("train_ms_per_image_uint8", "train_ms_per_image_float", "train_ms_per_image_draft", "eval_ms_per_image_uint8",
                 "eval_ms_per_image_float", "loader_images_per_s_1_workers", "main_ms_per_batch_outside_step"):
         assert result[key] > 0, key
     assert "train ms per image per worker" in format_data(result)

@@ -125,6 +125,9 @@ def run_data_benchmark(cfg, images=100, workers=(1, 2), loader_batches=10, offic
         for output in ("uint8", "float"):
             ds = _split(cfg, split, build_transforms(cfg, train, output), seed=cfg["train"]["seed"] if train else None)
             out[f"{kind}_ms_per_image_{output}"] = ms_per_image(ds, images)
+    drafted = _split(cfg, d["train_split"], build_transforms(cfg, True, "uint8", "draft"), seed=cfg["train"]["seed"],
+                     lazy=True)
+    out["train_ms_per_image_draft"] = ms_per_image(drafted, images)  # data.decode: draft
     train_set = _split(cfg, d["train_split"], build_transforms(cfg, True, "uint8"), seed=cfg["train"]["seed"])
     for n in workers:
         c = dict(cfg, data=dict(d, num_workers=n))
@@ -152,6 +155,8 @@ def format_data(result):
         off = o.get(f"{kind}_ms_per_image")
         lines.append(f"{kind + ' ms per image per worker':38s}{result[f'{kind}_ms_per_image_uint8']:14.2f}"
                      f"{result[f'{kind}_ms_per_image_float']:14.2f}{off if off is None else round(off, 2)!s:>12}")
+    if "train_ms_per_image_draft" in result:
+        lines.append(f"{'train ms per image, data.decode: draft':38s}{result['train_ms_per_image_draft']:14.2f}")
     for key, value in result.items():
         if key.startswith("loader_images_per_s"):
             off = o.get(key)

@@ -1,5 +1,6 @@
 """ImageFolder with clear errors for bad folders, corrupt images skipped (warned and counted), and
 per-sample seeded augmentation (a sample's augmentation depends only on seed, epoch and index)."""
+import io
 import logging
 import multiprocessing
 import os
@@ -9,6 +10,7 @@ import numpy as np
 import oneflow as flow
 from flowvision.datasets import ImageFolder
 from flowvision.datasets.folder import IMG_EXTENSIONS
+from PIL import Image
 
 _log = logging.getLogger("oneflow_posmlp.data")
 
@@ -48,6 +50,8 @@ class SkipCorrupt:
     count or on resuming.
     """
 
+    lazy = False  # True: _load gives an undecoded image (data.decode: draft) that the transform decodes
+
     def _init_skip(self, seed):
         self.seed = seed
         self.epoch = 0
@@ -68,6 +72,8 @@ class SkipCorrupt:
                 continue
             try:
                 img, target = self._load(i)
+                if self.lazy and self.transform is not None:  # the image decodes inside its transform
+                    return self._seeded(index, self.transform, img), target
                 break
             except DataError:  # a data set problem (a changed shard), not a corrupt image: stop with its fix
                 raise
@@ -106,14 +112,25 @@ class SkipCorrupt:
 class SafeImageFolder(SkipCorrupt, ImageFolder):
     """flowvision ``ImageFolder`` with :class:`SkipCorrupt`'s corrupt-image skipping and per-sample seeds."""
 
-    def __init__(self, root, transform=None, seed=None):
+    def __init__(self, root, transform=None, seed=None, lazy=False):
         check_image_folder(root)
         ImageFolder.__init__(self, root, transform=transform)
+        self.lazy = lazy
         self._init_skip(seed)
 
     def _load(self, index):
         path, target = self.samples[index]
+        if self.lazy:
+            with open(path, "rb") as f:
+                return open_image(f.read(), lazy=True), target
         return self.loader(path), target
+
+
+def open_image(data, lazy=False):
+    """PIL image of encoded bytes: decoded to RGB (flowvision's ``pil_loader``), or with ``lazy`` only opened (its
+    header read), for a transform that chooses a reduced-size decode first (``Image.draft``)."""
+    img = Image.open(io.BytesIO(data))
+    return img if lazy else img.convert("RGB")
 
 
 class PaddedDataset(flow.utils.data.Dataset):

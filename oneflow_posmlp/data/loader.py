@@ -48,7 +48,9 @@ def build_datasets(cfg):
     if d["synthetic"]:
         return SyntheticDataset(d["synthetic_size"], tuple(m["img_size"]), m["num_classes"], seed=1), \
             build_val_dataset(cfg)
-    train = _split(cfg, d["train_split"], build_transforms(cfg, True, "uint8"), seed=cfg["train"]["seed"])
+    draft = d["decode"] == "draft"  # the training crops only; evaluation always decodes in full
+    train = _split(cfg, d["train_split"], build_transforms(cfg, True, "uint8", d["decode"]), seed=cfg["train"]["seed"],
+                   lazy=draft)
     _check_classes(train, m["num_classes"], "training")
     val = build_val_dataset(cfg)
     if val.classes != train.classes:
@@ -69,12 +71,13 @@ def build_val_dataset(cfg):
     return val
 
 
-def _split(cfg, split, transform, seed=None):
-    """One split of ``data.root``: an ImageFolder (``data.format: folder``) or its tar shards (``shards``)."""
+def _split(cfg, split, transform, seed=None, lazy=False):
+    """One split of ``data.root``: an ImageFolder (``data.format: folder``) or its tar shards (``shards``);
+    ``lazy``: images decoded by the transform (``data.decode: draft``)."""
     root = data_root(cfg)
     if cfg["data"]["format"] == "shards":
-        return ShardDataset(root, split, transform, seed=seed)
-    return SafeImageFolder(os.path.join(root, split), transform, seed=seed)
+        return ShardDataset(root, split, transform, seed=seed, lazy=lazy)
+    return SafeImageFolder(os.path.join(root, split), transform, seed=seed, lazy=lazy)
 
 
 def _check_classes(dataset, num_classes, split):

@@ -22,10 +22,9 @@ import tarfile
 
 import oneflow as flow
 from flowvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from PIL import Image
 
 from ..checkpoint.convert import sha256_of
-from .dataset import DataError, SkipCorrupt, check_image_folder
+from .dataset import DataError, SkipCorrupt, check_image_folder, open_image
 
 INDEX_FORMAT = "oneflow-posmlp-shards-1"
 SHARD_NAME = re.compile(r"^(?P<split>.+)-(?P<num>\d{6})\.tar$")
@@ -152,7 +151,7 @@ class ShardDataset(SkipCorrupt, flow.utils.data.Dataset):
     :class:`~oneflow_posmlp.data.SafeImageFolder` gives them (same order, skipping and seeding). ``verify``:
     also check every shard's sha256 at open (reads all the data once)."""
 
-    def __init__(self, root, split, transform=None, seed=None, verify=False):
+    def __init__(self, root, split, transform=None, seed=None, verify=False, lazy=False):
         self.root = os.path.join(root, split)  # named in messages as a folder would be
         self.dir, self.transform = root, transform
         index = load_index(root, split)
@@ -180,6 +179,7 @@ class ShardDataset(SkipCorrupt, flow.utils.data.Dataset):
                              f"re-index with tools/make_shards.py --index-only --dst {root}")
         self.targets = [label for _, label in self.samples]
         self._files, self._pid = {}, None
+        self.lazy = lazy
         self._init_skip(seed)
 
     def __len__(self):
@@ -206,8 +206,7 @@ class ShardDataset(SkipCorrupt, flow.utils.data.Dataset):
             raise ShardError(f"shard {self.shards[shard]} does not hold sample {self.keys[i]} at byte {offset}: the "
                              f"shard was changed or the index is of other shards; re-index with tools/make_shards.py "
                              f"--index-only --dst {self.dir}")
-        img = Image.open(io.BytesIO(data))
-        return img.convert("RGB"), self.samples[i][1]
+        return open_image(data, self.lazy), self.samples[i][1]
 
     def __del__(self):
         if getattr(self, "_pid", None) == os.getpid():

@@ -26,6 +26,14 @@ def _cfg(**aug):
     return cfg
 
 
+def _loader_cfg(root):
+    cfg = _cfg(mixup=0.0, cutmix=0.0)
+    cfg["data"].update(root=str(root), num_workers=0, demo=False)
+    cfg["model"]["num_classes"] = 4
+    cfg["train"]["batch_size"] = 4
+    return cfg
+
+
 def _both(cfg, root, train, indices, epoch=0):
     """The old float batch and the new uint8 -> device batch of ``indices``."""
     split = "train" if train else "val"
@@ -76,10 +84,7 @@ def test_noise_erasing_erases_the_same_boxes_reproducibly(demo_root):
 
 
 def test_loaders_ship_uint8_and_hand_out_normalised_floats(demo_root):
-    cfg = _cfg(mixup=0.0, cutmix=0.0)
-    cfg["data"].update(root=str(demo_root), num_workers=0, demo=False)
-    cfg["model"]["num_classes"] = 4
-    cfg["train"]["batch_size"] = 4
+    cfg = _loader_cfg(demo_root)
     train, val = build_datasets(cfg)
     assert train[0][0].dtype == flow.uint8
     loader, sampler = build_train_loader(cfg, train)
@@ -109,10 +114,7 @@ def test_prefetch_issues_the_next_copy_before_handing_out_a_batch():
 
 def test_cuda_runs_pin_and_prefetch(demo_root):
     """The CUDA switches' Python logic, with CUDA reported available (no CUDA kernel runs)."""
-    cfg = _cfg(mixup=0.0, cutmix=0.0)
-    cfg["data"].update(root=str(demo_root), num_workers=0, demo=False)
-    cfg["model"]["num_classes"] = 4
-    cfg["train"]["batch_size"] = 4
+    cfg = _loader_cfg(demo_root)
     train, val = build_datasets(cfg)
     cpu = build_train_loader(cfg, train)[0]
     assert not cpu.loader.pin_memory and not cpu.prefetch

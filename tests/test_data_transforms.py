@@ -68,3 +68,40 @@ def test_eval_resizes_by_crop_pct_then_centre_crops(crop_pct, resized):
     assert t.transforms[0].size == resized
     a, b = t(image(seed=3)), t(image(seed=3))
     assert tuple(a.shape) == (3, 32, 32) and np.array_equal(a.numpy(), b.numpy())  # deterministic
+
+
+def _big_jpegs(root, n=6, size=(500, 375)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = root / "train" / "a"
+    folder.mkdir(parents=True)
+    for i in range(n):
+        yy, xx = np.mgrid[0:size[1], 0:size[0]]
+        arr = np.stack([(xx * (0.3 + 0.1 * c) + yy * 0.2 + 40 * i) % 255 for c in range(3)], -1).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"{i}.jpg", quality=90)
+    return folder
+
+
+def test_draft_decode_crops_what_a_full_decode_crops(tmp_path):
+    """data.decode: draft: the same random draws and crop boxes, a reduced JPEG decode where the box allows it;
+    the result differs from a full decode only by resampling (measured here: mean |difference| < 3 of 255)."""
+    from unittest import mock
+
+    from PIL.JpegImagePlugin import JpegImageFile
+
+    from oneflow_posmlp.data import SafeImageFolder
+
+    folder = _big_jpegs(tmp_path)
+    a = dict(load_config("configs/demo.yaml")["aug"], auto_augment="", color_jitter=0.0, scale=[0.9, 1.0])
+    full = SafeImageFolder(str(folder.parent), build_train_transform(a, [64, 64], "uint8"), seed=1)
+    draft = SafeImageFolder(str(folder.parent), build_train_transform(a, [64, 64], "uint8", "draft"), seed=1,
+                            lazy=True)
+    with mock.patch.object(JpegImageFile, "draft", autospec=True, side_effect=JpegImageFile.draft) as drafted:
+        for i in range(len(full)):
+            x, y = full[i][0].numpy().astype(np.float64), draft[i][0].numpy().astype(np.float64)
+            assert x.shape == y.shape and np.abs(x - y).mean() < 3.0, (i, np.abs(x - y).mean())
+    assert drafted.call_count == len(full)  # a 500x375 box >= 2 x 64 everywhere: each image drafted
+    (folder / "0.jpg").write_bytes((folder / "0.jpg").read_bytes()[:2000])  # truncated: skipped, not fatal
+    img, label = draft[0]
+    assert draft.skipped == 1 and img.shape == (3, 64, 64)

@@ -158,3 +158,22 @@ def test_mid_epoch_resume_needs_the_same_data_and_global_batch():
     with pytest.raises(CheckpointError, match="train images was 60, now 64"):
         Trainer._check_data_order(me, dict(state, train_images=60), "last")
     Trainer._check_data_order(SimpleNamespace(**dict(me.__dict__, batch_in_epoch=0)), dict(state, train_images=60), "last")
+
+
+def test_corrupt_images_are_reported_per_epoch_by_rank_0(tiny_demo_root, tmp_path):
+    """Skips of all ranks summed in the epoch-end agreement: rank 0's log and TensorBoard; the file in the log."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_demo_root, root)
+    victim = sorted((root / "train" / "circle").iterdir())[0]
+    victim.write_bytes(b"not a jpeg")
+    opts = tiny_train_opts(str(root), **{"train.epochs": 1, "train.eval_interval": 5, "data.num_workers": 1})
+    trainer = Trainer(load_config("configs/demo.yaml", opts), output_dir=str(tmp_path / "run"))
+    trainer.fit()
+    log = (tmp_path / "run" / "log_rank0.txt").read_text()
+    assert "epoch 0: 1 corrupt image(s) skipped so far on all 1 data-parallel rank(s)" in log
+    assert f"skipping corrupt image {victim}" in log
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("data/corrupt_images_skipped")] == [1.0]

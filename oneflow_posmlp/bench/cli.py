@@ -7,6 +7,8 @@ forward and train step spend their time.
     python tools/benchmark.py --config configs/posmlp_t.yaml --batch-size 8 --opts train.grad_accum_steps=2
     python tools/benchmark.py --model posmlp_b --batch-size 64 --device cuda --amp
     python tools/benchmark.py --model posmlp_t --batch-size 8 --ranks 2     # data parallel, same global batch
+    python tools/benchmark.py --config configs/posmlp_t.yaml --data ROOT --batch-size 32 \
+        [--official-python /work/scratch/timmvenv/bin/python]   # the input path (bench/data.py)
 
 The train modes build their optimizer, lr schedule and step object from the config as the trainer does
 (``--config`` with ``--opts``; ``--model NAME``: the schema's default ``train:`` section, the official
@@ -69,6 +71,13 @@ def parse_args(argv=None):
     p.add_argument("--profile-clock", choices=("wall", "cpu"), default="wall",
                    help="the profile's clock: wall seconds, or this process's CPU seconds (steadier on a shared "
                         "machine; default wall)")
+    p.add_argument("--data", metavar="ROOT", help="benchmark the input path on ROOT/<split>/<class>/* instead of the "
+                                                  "step (bench/data.py): ms per image, loader images/s, host reads")
+    p.add_argument("--data-images", type=int, default=100, help="with --data: images timed per figure (default 100)")
+    p.add_argument("--data-workers", type=int, nargs="+", default=[1, 2],
+                   help="with --data: loader worker counts to time (default 1 2)")
+    p.add_argument("--official-python", metavar="PYTHON",
+                   help="with --data: a Python with torch and timm 0.4.5, to time the official pipeline beside")
     p.add_argument("--json", metavar="PATH", help="write the results here")
     add_verbose(p)
     add_version(p)
@@ -117,6 +126,8 @@ def main(argv=None):
         from .report import format_table, write_json
         from .runner import BenchmarkError, benchmark_config, check_request, run_benchmark
 
+        if args.data:
+            return data_benchmark()
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         img_size = None if args.img_size is None else (args.img_size * 2)[:2]
         try:
@@ -131,6 +142,22 @@ def main(argv=None):
         if int(os.environ.get("RANK", "0")) > 0:
             return 0  # rank 0 reports
         print(format_table(result))
+        if args.json:
+            write_json(result, args.json)
+            print(f"wrote {args.json}")
+        return 0
+
+    def data_benchmark():
+        from .data import format_data, run_data_benchmark
+        from .report import write_json
+        from .runner import benchmark_config
+
+        img_size = None if args.img_size is None else (args.img_size * 2)[:2]
+        cfg = benchmark_config(args.config, args.model, list(args.opts) + [f"data.root={args.data}", "data.demo=false"],
+                               batch_size=args.batch_size, img_size=img_size, device=args.device, amp=args.amp)
+        result = run_data_benchmark(cfg, images=args.data_images, workers=args.data_workers,
+                                    official_python=args.official_python)
+        print(format_data(result))
         if args.json:
             write_json(result, args.json)
             print(f"wrote {args.json}")

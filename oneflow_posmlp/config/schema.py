@@ -44,6 +44,8 @@ DEFAULTS = {
     "model": {"name": "posmlp_t"},
     "data": {
         "root": None,            # ImageFolder root holding <train_split>/<class>/* and <val_split>/<class>/*
+        "format": "folder",      # folder (ImageFolder) | shards (tar shards + index of tools/make_shards.py)
+        "decode": "full",        # full | draft: JPEG training crops decoded reduced (Image.draft) when >= 2x the output
         "train_split": "train",
         "val_split": "val",
         "demo": False,           # generate the embedded demo data set at `root` when it is missing
@@ -149,6 +151,8 @@ CHOICES = {
     ("aug", "train_interpolation"): ("random", "bilinear", "bicubic", "nearest"),
     ("aug", "interpolation"): ("bilinear", "bicubic", "nearest"),
     ("dist", "device"): ("cpu", "cuda"),
+    ("data", "format"): ("folder", "shards"),
+    ("data", "decode"): ("full", "draft"),
     ("dist", "tensor_parallel_mode"): ("groups", "gather"),
     ("dist", "zero_stage"): (0, 1, 2, 3),
     ("model", "stem_norm"): ("BN", "LN"),

@@ -1,5 +1,6 @@
 """ImageFolder with clear errors for bad folders, corrupt images skipped (warned and counted), and
 per-sample seeded augmentation (a sample's augmentation depends only on seed, epoch and index)."""
+import io
 import logging
 import multiprocessing
 import os
@@ -9,6 +10,7 @@ import numpy as np
 import oneflow as flow
 from flowvision.datasets import ImageFolder
 from flowvision.datasets.folder import IMG_EXTENSIONS
+from PIL import Image
 
 _log = logging.getLogger("oneflow_posmlp.data")
 
@@ -34,20 +36,23 @@ def check_image_folder(root):
     return classes
 
 
-class SafeImageFolder(ImageFolder):
-    """flowvision ``ImageFolder`` that substitutes the next readable image (with its own label) for a corrupt one.
+class SkipCorrupt:
+    """Corrupt-image skipping and per-sample seeded transforms for a data set of ``samples`` (``(name, label)``
+    pairs) whose ``_load(i) -> (PIL image, label)`` may raise PIL's errors: :class:`SafeImageFolder` (files) and
+    :class:`~oneflow_posmlp.data.shards.ShardDataset` (tar shards) alike. Call :meth:`_init_skip` in ``__init__``.
 
-    A file PIL cannot decode (garbage, truncated, empty) is logged as a warning once per process and marked
-    in a flag array shared with forked DataLoader workers; marked files are passed over without decoding
-    again. ``skipped`` is the number of distinct corrupt files met so far (parent and workers together).
-    Batches keep their size, so shapes stay static. With ``seed`` set, the transform of sample ``i`` in
-    epoch ``e`` runs with Python/NumPy/OneFlow RNGs seeded from ``(seed, e, i)`` (and the caller's RNG
-    states restored after), so augmentation does not depend on worker count or on resuming.
+    A sample PIL cannot decode (garbage, truncated, empty) is logged as a warning once per process and marked
+    in a flag array shared with forked DataLoader workers; marked samples are passed over without decoding
+    again; the next readable one (with its own label) stands in. ``skipped`` is the number of distinct corrupt
+    samples met so far (parent and workers together). Batches keep their size, so shapes stay static. With
+    ``seed`` set, the transform of sample ``i`` in epoch ``e`` runs with Python/NumPy/OneFlow RNGs seeded from
+    ``(seed, e, i)`` (and the caller's RNG states restored after), so augmentation does not depend on worker
+    count or on resuming.
     """
 
-    def __init__(self, root, transform=None, seed=None):
-        check_image_folder(root)
-        super().__init__(root, transform=transform)
+    lazy = False  # True: _load gives an undecoded image (data.decode: draft) that the transform decodes
+
+    def _init_skip(self, seed):
         self.seed = seed
         self.epoch = 0
         self._bad = multiprocessing.RawArray("b", len(self.samples))  # 1 = corrupt; shared with forked workers
@@ -60,10 +65,6 @@ class SafeImageFolder(ImageFolder):
     def set_epoch(self, epoch):
         self.epoch = epoch
 
-    def _load(self, index):
-        path, target = self.samples[index]
-        return self.loader(path), target
-
     def __getitem__(self, index):
         for attempt in range(len(self.samples)):
             i = (index + attempt) % len(self.samples)
@@ -71,7 +72,11 @@ class SafeImageFolder(ImageFolder):
                 continue
             try:
                 img, target = self._load(i)
+                if self.lazy and self.transform is not None:  # the image decodes inside its transform
+                    return self._seeded(index, self.transform, img), target
                 break
+            except DataError:  # a data set problem (a changed shard), not a corrupt image: stop with its fix
+                raise
             except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for truncated/corrupt files
                 self._bad[i] = 1
                 _log.warning("skipping corrupt image %s (%s: %s); %d skipped so far", self.samples[i][0],
@@ -102,6 +107,30 @@ class SafeImageFolder(ImageFolder):
                 random.setstate(saved[0])
                 np.random.set_state(saved[1])
                 flow.set_rng_state(saved[2])
+
+
+class SafeImageFolder(SkipCorrupt, ImageFolder):
+    """flowvision ``ImageFolder`` with :class:`SkipCorrupt`'s corrupt-image skipping and per-sample seeds."""
+
+    def __init__(self, root, transform=None, seed=None, lazy=False):
+        check_image_folder(root)
+        ImageFolder.__init__(self, root, transform=transform)
+        self.lazy = lazy
+        self._init_skip(seed)
+
+    def _load(self, index):
+        path, target = self.samples[index]
+        if self.lazy:
+            with open(path, "rb") as f:
+                return open_image(f.read(), lazy=True), target
+        return self.loader(path), target
+
+
+def open_image(data, lazy=False):
+    """PIL image of encoded bytes: decoded to RGB (flowvision's ``pil_loader``), or with ``lazy`` only opened (its
+    header read), for a transform that chooses a reduced-size decode first (``Image.draft``)."""
+    img = Image.open(io.BytesIO(data))
+    return img if lazy else img.convert("RGB")
 
 
 class PaddedDataset(flow.utils.data.Dataset):

@@ -2,8 +2,9 @@
 flowvision transforms, each data-parallel rank reading only its own shard.
 
 ``rank``/``world`` below are the DATA-PARALLEL rank and degree (with tensor/pipeline parallelism these differ
-from the process rank and world size). A train loader yields ``(x (b, 3, H, W) float32, y (b,) int64)``
-with ``b = train.batch_size / grad_accum_steps / world`` (every batch full: static shapes for nn.Graph); the
+from the process rank and world size). Workers ship uint8 images; the loaders hand out device tensors
+(``data/device.py``: float, normalised and erased on ``dist.device``, pinned and prefetched on CUDA).
+A train loader yields ``(x (b, 3, H, W) float32, y (b,) int64)`` with ``b = train.batch_size / grad_accum_steps / world`` (every batch full: static shapes for nn.Graph); the
 global batch is the ranks' local batches concatenated, i.e. ``split(0)``. A val loader yields
 ``(x, y, valid (b,) int64)`` where ``valid = 0`` marks padding, so metrics count each image once.
 
@@ -21,8 +22,10 @@ import oneflow as flow
 from ..config.signals import resolve_signals
 from .dataset import DataError, PaddedDataset, SafeImageFolder, SyntheticDataset
 from .demo import ensure_demo_dataset
+from .device import DeviceErasing, DeviceLoader, DevicePrep
 from .mixup import build_mixup, build_train_criterion  # noqa: F401  (re-exported: the data API)
 from .sampler import ResumableDistributedSampler
+from .shards import ShardDataset
 from .transforms import build_transforms
 
 
@@ -45,8 +48,9 @@ def build_datasets(cfg):
     if d["synthetic"]:
         return SyntheticDataset(d["synthetic_size"], tuple(m["img_size"]), m["num_classes"], seed=1), \
             build_val_dataset(cfg)
-    root = data_root(cfg)
-    train = SafeImageFolder(os.path.join(root, d["train_split"]), build_transforms(cfg, True), seed=cfg["train"]["seed"])
+    draft = d["decode"] == "draft"  # the training crops only; evaluation always decodes in full
+    train = _split(cfg, d["train_split"], build_transforms(cfg, True, "uint8", d["decode"]), seed=cfg["train"]["seed"],
+                   lazy=draft)
     _check_classes(train, m["num_classes"], "training")
     val = build_val_dataset(cfg)
     if val.classes != train.classes:
@@ -62,9 +66,18 @@ def build_val_dataset(cfg):
     d, m = cfg["data"], cfg["model"]
     if d["synthetic"]:
         return SyntheticDataset(max(d["synthetic_size"] // 4, 1), tuple(m["img_size"]), m["num_classes"], seed=2)
-    val = SafeImageFolder(os.path.join(data_root(cfg), d["val_split"]), build_transforms(cfg, False))
+    val = _split(cfg, d["val_split"], build_transforms(cfg, False, "uint8"))
     _check_classes(val, m["num_classes"], "validation")
     return val
+
+
+def _split(cfg, split, transform, seed=None, lazy=False):
+    """One split of ``data.root``: an ImageFolder (``data.format: folder``) or its tar shards (``shards``);
+    ``lazy``: images decoded by the transform (``data.decode: draft``)."""
+    root = data_root(cfg)
+    if cfg["data"]["format"] == "shards":
+        return ShardDataset(root, split, transform, seed=seed, lazy=lazy)
+    return SafeImageFolder(os.path.join(root, split), transform, seed=seed, lazy=lazy)
 
 
 def _check_classes(dataset, num_classes, split):
@@ -92,12 +105,19 @@ def _ignore_signals(signums, worker_id):
             signal.signal(s, signal.SIG_IGN)
 
 
-def _loader(cfg, dataset, batch, sampler):
+def _loader(cfg, dataset, batch, sampler, train):
+    """The DataLoader (uint8 batches, pinned on CUDA) inside a :class:`~oneflow_posmlp.data.device.DeviceLoader`
+    (float, normalised, erased on ``dist.device``; one batch of prefetch on CUDA)."""
     workers = cfg["data"]["num_workers"]
     stop_signals = resolve_signals(cfg["train"].get("stop_signals", ()))
     init = functools.partial(_ignore_signals, stop_signals) if workers else None
-    return flow.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=sampler.drop_last,
-                                      num_workers=workers, persistent_workers=False, worker_init_fn=init)
+    cuda = cfg["dist"]["device"] == "cuda"
+    loader = flow.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=sampler.drop_last,
+                                        num_workers=workers, persistent_workers=False, worker_init_fn=init,
+                                        pin_memory=cuda)
+    a = cfg["aug"]
+    erasing = DeviceErasing(a["remode"]) if train and a["reprob"] > 0 else None
+    return DeviceLoader(loader, DevicePrep(a["mean"], a["std"], cfg["dist"]["device"], erasing), prefetch=cuda)
 
 
 def build_train_loader(cfg, dataset, rank=0, world=1):
@@ -111,7 +131,7 @@ def build_train_loader(cfg, dataset, rank=0, world=1):
                          f"{2 * world * t['grad_accum_steps']} or set aug.mixup=0 aug.cutmix=0")
     sampler = ResumableDistributedSampler(len(dataset), rank, world, batch, shuffle=True, drop_last=True,
                                           seed=cfg["train"]["seed"])
-    return _loader(cfg, dataset, batch, sampler), sampler
+    return _loader(cfg, dataset, batch, sampler, train=True), sampler
 
 
 def build_val_loader(cfg, dataset, rank=0, world=1):
@@ -120,4 +140,4 @@ def build_val_loader(cfg, dataset, rank=0, world=1):
     chunk = world * batch
     padded = PaddedDataset(dataset, -(-len(dataset) // chunk) * chunk)
     sampler = ResumableDistributedSampler(len(padded), rank, world, batch, shuffle=False, drop_last=False)
-    return _loader(cfg, padded, batch, sampler)
+    return _loader(cfg, padded, batch, sampler, train=False)

@@ -1,6 +1,4 @@
 """Dynamic loss scaling for eager mixed precision (OneFlow 0.9's ``flow.amp.GradScaler`` serves nn.Graph only)."""
-import math
-
 import oneflow as flow
 
 
@@ -19,18 +17,28 @@ class DynamicLossScaler:
     def scale_loss(self, loss):
         return loss * self.scale if self.enabled else loss
 
-    def unscale_and_check(self, params):
-        """Divide gradients by the scale; return False (skip the step) if any is not finite."""
+    def unscale(self, params):
+        """Divide the gradients by the scale; return whether they are all finite as a device flag (a float
+        scalar, 1 or 0: one reduction over all of them, not read here), or None when disabled. Call
+        :meth:`update` with the flag's value once it is read."""
         if not self.enabled:
-            return True
+            return None
         grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return flow.ones(1)
         inv = 1.0 / self.scale
-        finite = True
         for g in grads:
             g.mul_(inv)
-        total = sum(float(g.abs().sum().numpy()) for g in grads) if grads else 0.0
-        if not math.isfinite(total):
-            finite = False
+        first = grads[0]
+        sums = [_beside(g.abs().sum().to(flow.float32), first) for g in grads]
+        return flow.isfinite(flow.stack(sums).sum()).to(flow.float32)
+
+    def unscale_and_check(self, params):
+        """:meth:`unscale`, its flag read (one host read) and :meth:`update`d; False: skip the step."""
+        flag = self.unscale(params)
+        if flag is None:
+            return True
+        finite = bool(flag.numpy().reshape(-1)[0])
         self.update(finite)
         return finite
 
@@ -48,6 +56,13 @@ class DynamicLossScaler:
 
     def load_state_dict(self, state):
         self.scale, self.good_steps, self.enabled = state["scale"], state["good_steps"], state["enabled"]
+
+
+def _beside(t, ref):
+    """Scalar ``t`` where ``ref``'s sum is (a gradient of another pipeline stage moves to ``ref``'s placement)."""
+    if t.is_global:
+        return t.to_global(placement=ref.placement, sbp=[flow.sbp.broadcast] * len(ref.sbp))
+    return t
 
 
 def autocast(enabled, device):

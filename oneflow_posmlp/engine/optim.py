@@ -120,7 +120,8 @@ def clip_gradients(optimizer, max_norm, scope="global", norm_fn=clip_grad_norm):
     clip = max_norm if max_norm > 0 else math.inf
     if scope == "group":
         norms = [norm_fn(g.parameters, clip) for g in optimizer.param_groups]
-        return math.sqrt(sum(n * n for n in norms))
+        total = sum(n * n for n in norms)
+        return math.sqrt(total) if isinstance(total, float) else flow.sqrt(total)  # a device norm stays there
     if scope != "global":
         raise ValueError(f"clip scope must be 'global' or 'group', got {scope!r}")
     return norm_fn([p for g in optimizer.param_groups for p in g.parameters], clip)

@@ -1,9 +1,12 @@
 """One training step object per execution mode, with one interface for the trainer:
 
-* ``run(x, y, keep, seed_step) -> StepResult | None``: take one micro-batch (local tensors, after Mixup;
-  ``keep``: this rank's drop-path keep masks ``(b, blocks)`` or None; ``seed_step``: ``(seed, update, micro)``
-  of :mod:`~oneflow_posmlp.engine.randomness`); returns None until the update's last micro-batch, then the
-  update's result (the optimizer has stepped, unless the result is not ``finite``: a non-finite loss or
+* ``run(x, y, keep, seed_step, agree=None) -> StepResult | None``: take one micro-batch (local tensors, after
+  Mixup; ``keep``: this rank's drop-path keep masks ``(b, blocks)`` or None; ``seed_step``: ``(seed, update,
+  micro)`` of :mod:`~oneflow_posmlp.engine.randomness`); returns None until the update's last micro-batch, then
+  the update's result. The host reads the device once per update, none per micro-batch: the losses are summed
+  on the device, and the update's scalars (loss sum, gradient norm, the loss scaler's finite flag or the graph's
+  train step) go out as one float64 vector, read by ``agree(values) -> list`` (the trainer's agreement of all
+  ranks, which adds its stop flags to the same collective and read) or here. The result (the optimizer has stepped, unless the result is not ``finite``: a non-finite loss or
   gradient norm is never applied, in either mode; weights, AdamW moments, step count and the buffers the
   forward passes updated (BatchNorm statistics, :class:`BufferSnapshot`) stay as they were).
 * ``discard()``: drop the micro-batches of an unfinished update (the end of an epoch).
@@ -62,6 +65,41 @@ def _local(t):
     return t.to_local() if t.is_global else t
 
 
+def update_values(ctx, parts):
+    """The scalars of an update (device tensors, local or global) as one float64 vector ``(len(parts),)``, the
+    same on every rank (a global tensor's local copy: ``broadcast`` over all ranks), still on the device."""
+    out = []
+    for t in parts:
+        t = t.to(flow.float64).reshape(1)
+        if t.is_global:
+            t = t.to_global(placement=ctx.all_placement, sbp=flow.sbp.broadcast).to_local()
+        out.append(t.to(ctx.device) if not t.is_global else t)
+    return flow.cat(out)
+
+
+def _read(values, agree=None):
+    """The update's one host read: ``agree(values)`` (the trainer's agreement of all ranks, which reads them with
+    its own flags in one collective) or ``values`` read here. A list of floats."""
+    return list(agree(values) if agree is not None else values.numpy().tolist())
+
+
+def device_clip_grad_norm(ctx, params, max_norm):
+    """``ParallelContext.clip_grad_norm_`` without reading the norm: clip by the global 2-norm of all gradients
+    (over pipeline stages too) and return the norm as a device scalar (``max_norm = inf``: no clipping)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return flow.zeros(1, dtype=flow.float32, device=ctx.device)
+    if not ctx.distributed or ctx.pipeline_parallel == 1:
+        return flow.nn.utils.clip_grad_norm_(params, max_norm)
+    squares = [flow.sum(g * g).to_global(placement=ctx.all_placement, sbp=flow.sbp.broadcast) for g in grads]
+    norm = flow.sqrt(flow.stack(squares).sum().to(flow.float64))
+    if math.isfinite(max_norm):
+        scale = flow.where(norm > max_norm, max_norm / (norm + 1e-6), flow.ones_like(norm)).to(flow.float32)
+        for g in grads:
+            g.mul_(scale.to_global(placement=g.placement, sbp=[flow.sbp.broadcast] * len(g.sbp)))
+    return norm
+
+
 class EagerStep:
     """Forward and backward per micro-batch (the loss scaled by ``1 / accum``), then unscale, clip (by one
     global norm or per parameter group, ``clip_scope``), step and zero the gradients."""
@@ -73,15 +111,15 @@ class EagerStep:
         self.drop_paths = drop_path_modules(model)
         self.scaler = DynamicLossScaler(enabled=amp)
         self.buffers = BufferSnapshot(model)
-        self._losses = []
+        self._loss_sum, self._micro = None, 0  # the update's summed losses (a device tensor) and micro-batches
 
     @property
     def loss_scale(self):
         return self.scaler.scale if self.amp else None
 
-    def run(self, x, y, keep, seed_step):
+    def run(self, x, y, keep, seed_step, agree=None):
         ctx = self.ctx
-        if not self._losses:  # the update's first micro-batch
+        if not self._micro:  # the update's first micro-batch
             self.buffers.take()
         seed_oneflow(*seed_step)
         x, y = ctx.to_global_batch(x, y)
@@ -90,26 +128,41 @@ class EagerStep:
             loss = self.criterion(self.model(x), y)
         self.scaler.scale_loss(loss / self.accum).backward()
         set_drop_path_keep(self.drop_paths, None)
-        self._losses.append(float(ctx.replicate(loss).numpy()))
-        if len(self._losses) < self.accum:
+        loss = loss.detach().to(flow.float64)  # summed on the device: no read per micro-batch
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        self._micro += 1
+        if self._micro < self.accum:
             return None
-        losses, self._losses = self._losses, []
-        loss = sum(losses) / len(losses)
-        grad_norm = float("nan")
+        loss_sum, micro = ctx.replicate(self._loss_sum), self._micro
+        self._loss_sum, self._micro = None, 0
+        scaler_finite = self.scaler.unscale(self.params)  # None without AMP; else a device flag, no read
+        # logged: the norm of all gradients before clipping (a device scalar; the clipping needs no read either)
+        norm = clip_gradients(self.optimizer, self.clip_grad, self.clip_scope, self._clip_norm)
+        parts = [loss_sum, norm, scaler_finite if scaler_finite is not None else flow.ones_like(loss_sum)]
+        loss_sum, grad_norm, scaler_ok = _read(update_values(ctx, parts), agree)  # the update's one host read
+        loss = loss_sum / micro
         finite = math.isfinite(loss)
-        if self.scaler.unscale_and_check(self.params):  # logged: the norm of all gradients before clipping
-            grad_norm = clip_gradients(self.optimizer, self.clip_grad, self.clip_scope, ctx.clip_grad_norm_)
-            finite = finite and (self.amp or math.isfinite(grad_norm))
-            if finite:
-                self.optimizer.step()
+        if self.amp:
+            scaler_ok = bool(scaler_ok)
+            self.scaler.update(scaler_ok)
+            if not scaler_ok:  # an overflow: the scaler's business, no step and no norm
+                grad_norm = float("nan")
+        else:
+            scaler_ok = True
+            finite = finite and math.isfinite(grad_norm)
+        if finite and scaler_ok:
+            self.optimizer.step()
         if not finite:
             self.buffers.restore()
         self.optimizer.zero_grad()
-        return StepResult(loss, sum(losses), len(losses), grad_norm, finite)
+        return StepResult(loss, loss_sum, micro, grad_norm, finite)
+
+    def _clip_norm(self, params, max_norm):
+        return device_clip_grad_norm(self.ctx, params, max_norm)
 
     def discard(self):
-        if self._losses:
-            self._losses = []
+        if self._micro:
+            self._loss_sum, self._micro = None, 0
             self.optimizer.zero_grad()
 
     def eval_forward(self, model):
@@ -149,7 +202,7 @@ class GraphStep:
 
     loss_scale = None
 
-    def run(self, x, y, keep, seed_step):
+    def run(self, x, y, keep, seed_step, agree=None):
         self._micro.append((x, y) if keep is None else (x, y, keep))
         if len(self._micro) < self.accum:
             return None
@@ -160,32 +213,40 @@ class GraphStep:
         keep = [ctx.to_global_batch(k) for k in keep]  # (B, blocks), with the images
         seed, update, _ = seed_step
         seed_oneflow(seed, update, 0)  # a graph's dropout draws from its compile-time seed
-        # with AMP the gradients (and so the graph's norm) carry the loss scale of this step: read it first
-        scale = self._held_value("LossScale", self.graph.initial_loss_scale) if self.amp else 1.0
+        # with AMP the gradients (and so the graph's norm) carry the loss scale of this step: take it first
+        scale = self._held_tensor("LossScale", self.graph.initial_loss_scale) if self.amp else None
         self.buffers.take()
         out = self.graph(x, y, *keep)
         loss_t, norm_t = out if self.graph.returns_grad_norm else (out, None)
-        loss = float(ctx.replicate(loss_t).mean().numpy())
-        grad_norm = float(ctx.replicate(norm_t).numpy()) / scale if norm_t is not None else float("nan")
-        step = int(self._held_value(TRAIN_STEP, self.updates + 1))
+        loss_t = ctx.replicate(loss_t).mean().to(flow.float64)
+        if norm_t is None:
+            norm_t = flow.full_like(loss_t, float("nan"))
+        else:
+            norm_t = ctx.replicate(norm_t).to(flow.float64)
+            if scale is not None:
+                norm_t = norm_t / scale
+        step_t = self._held_tensor(TRAIN_STEP, self.updates + 1)
+        loss, grad_norm, step = _read(update_values(ctx, [loss_t, norm_t, step_t]), agree)  # the one read
+        step = int(step)
         stepped, self.updates = step > self.updates, step
-        finite = math.isfinite(loss) and (self.amp or (stepped and (norm_t is None or math.isfinite(grad_norm))))
+        finite = math.isfinite(loss) and (self.amp or (stepped and (not self.graph.returns_grad_norm
+                                                                    or math.isfinite(grad_norm))))
         if not finite:
             self.buffers.restore()
         return StepResult(loss, loss * self.accum, self.accum, grad_norm, finite)
 
-    def _held_value(self, suffix, default):
+    def _held_tensor(self, suffix, default):
         """The current value of the compiled graph's state variable named ``suffix`` (its train step, or its
-        dynamic loss scale ``...-LossScale``), or ``default`` before the first call. Looked up in
-        ``graph.state_dict()`` every time: a tensor kept from an earlier call can be stale (measured in the
-        tensor-parallel graph: a copy on rank 0 that stayed at 1)."""
+        dynamic loss scale ``...-LossScale``), or ``default`` before the first call, as a float64 device scalar
+        on every rank (not read here). Looked up in ``graph.state_dict()`` every time: a tensor kept from an
+        earlier call can be stale (measured in the tensor-parallel graph: a copy on rank 0 that stayed at 1)."""
         if self.graph.compile_seconds is None:
-            return default
+            return flow.tensor(float(default), dtype=flow.float64, device=self.ctx.device)
         held = self.graph.state_dict()
         if suffix not in self._held:
             self._held[suffix] = next(k for k in held if k.endswith(suffix))
-        t = self.ctx.gather(held[self._held[suffix]])  # wherever the graph placed it: every rank reads it
-        return float(t.numpy().reshape(-1)[0])
+        t = self.ctx.gather(held[self._held[suffix]])  # wherever the graph placed it: a copy on every rank
+        return t.reshape(-1)[0].to(flow.float64).to(self.ctx.device)
 
     def discard(self):
         self._micro = []

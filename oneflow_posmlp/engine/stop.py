@@ -131,20 +131,33 @@ class TimeBudget:
         return math.inf if self.deadline is None else self.deadline - (time.time() if now is None else now)
 
 
-def any_rank(flags, ctx):
+def any_rank(flags, ctx, values=None):
     """Per flag, whether it is set on any rank (``flags``: a list of numbers, summed over the ranks and returned):
-    one collective of one small tensor; call it on every rank. No collective on one process."""
-    if not ctx.distributed:
-        return [float(f) for f in flags]
-    t = flow.tensor([float(f) for f in flags]).to(ctx.device)
+    one collective of one small tensor; call it on every rank. No collective on one process.
+
+    ``values``: a float64 device vector that is the same on every rank (an update's loss and gradient norm,
+    ``engine/step.py``), appended to the result as rank 0 holds it: read in the same collective and the same
+    host read (on one process, the one read)."""
+    if values is None:
+        if not ctx.distributed:
+            return [float(f) for f in flags]
+        t = flow.tensor([float(f) for f in flags]).to(ctx.device)
+    else:
+        head = flow.tensor([float(f) for f in flags], dtype=flow.float64, device=values.device)
+        if ctx.distributed and ctx.rank != 0:
+            values = flow.zeros_like(values)  # rank 0's copy alone: a sum of one value is that value, NaN included
+        t = flow.cat([head, values])
+        if not ctx.distributed:
+            return t.numpy().tolist()
     t = t.to_global(placement=ctx.all_placement, sbp=flow.sbp.partial_sum).to_global(sbp=flow.sbp.broadcast)
     return t.to_local().numpy().tolist()
 
 
-Decision = collections.namedtuple("Decision", "stop signalled nonfinite")
+Decision = collections.namedtuple("Decision", "stop signalled nonfinite values counts", defaults=((), ()))
 Decision.__doc__ = """What all ranks agreed at an update boundary: ``stop`` a reason (``"SIGTERM on rank 1"``,
 ``"train.max_minutes"``) or None; ``signalled`` ``{rank: signal name}``; ``nonfinite`` whether any rank saw a
-non-finite loss or gradient norm at this update."""
+non-finite loss or gradient norm at this update; ``values`` the read ``values`` :meth:`StopControl.decide` was
+given; ``counts`` the ``counts`` summed over the ranks."""
 
 
 class StopControl:
@@ -153,22 +166,27 @@ class StopControl:
     def __init__(self, signals, budget, ctx):
         self.signals, self.budget, self.ctx = signals, budget, ctx
 
-    def decide(self, nonfinite=False, next_seconds=0.0, saves_after=1):
+    def decide(self, nonfinite=False, next_seconds=0.0, saves_after=1, values=None, counts=()):
         """One collective on every rank: per rank the signal it received (0: none), whether its budget is spent
         (``next_seconds`` of work and ``saves_after`` checkpoints would not fit) and whether it saw a non-finite
-        value. Returns a :class:`Decision`."""
+        value; with ``values`` (a device vector, the same on every rank) those too, read in the same collective
+        (:func:`any_rank`); ``counts`` (numbers per rank, e.g. corrupt images skipped) summed in it. Returns a
+        :class:`Decision`."""
         ctx = self.ctx
         mine = [0.0] * ctx.world
         mine[ctx.rank] = float(self.signals.received or 0)
         late = self.budget.exhausted(next_seconds, saves_after)
-        summed = any_rank(mine + [float(late), float(bool(nonfinite))], ctx)
+        flags = mine + [float(late), float(bool(nonfinite))] + [float(c) for c in counts]
+        summed = any_rank(flags, ctx, values)
+        summed, read = summed[:len(flags)], tuple(summed[len(flags):])
+        counted = tuple(int(round(c)) for c in summed[len(flags) - len(counts):])
         signalled = {r: signal_name(int(round(v))) for r, v in enumerate(summed[:ctx.world]) if v}
         stop = None
         if signalled:
             stop = _describe(signalled, ctx.world)
         elif summed[ctx.world]:
             stop = "train.max_minutes"
-        return Decision(stop, signalled, bool(summed[ctx.world + 1]))
+        return Decision(stop, signalled, bool(summed[ctx.world + 1]), read, counted)
 
 
 def _describe(signalled, world):

@@ -334,12 +334,13 @@ class Trainer:
             step = (t["seed"], self.updates, self.batch_in_epoch % self.accum)  # seeds every draw of the micro-batch
             if self.mixup is not None:
                 with numpy_seeded(*step, ctx.data_rank):
-                    x, y = self.mixup(x, y)  # on local tensors, before to_global
+                    x, y = self.mixup(x, y)  # on the device batch, local tensors: before to_global
             keep = self._drop_path_keep(len(x), step)
             self.batch_in_epoch += 1
             window_images += local_batch * ctx.data_parallel
             progress.update(1)
-            result = self.step.run(x, y, keep, step)
+            # the boundary's agreement is made inside the step, read with its loss and gradient norm (one host read)
+            result = self.step.run(x, y, keep, step, lambda values: self._agree(values, total))  # (5th: agree)
             if result is not None:  # an update boundary: the optimizer has stepped (or skipped a non-finite one)
                 decision = self._decide(result, epoch_end=self.batch_in_epoch == total)
                 saved = None
@@ -367,8 +368,23 @@ class Trainer:
         progress.close()
         return self.loss_sum / max(self.loss_count, 1)
 
+    def _agree(self, values, total):
+        """The step's ``agree`` (``engine/step.py``): the boundary's agreement of all ranks with the update's device
+        ``values`` read in its one collective; kept for :meth:`_decide`, the values read returned to the step."""
+        self._agreed = self._agreement(epoch_end=self.batch_in_epoch == total, values=values)
+        return self._agreed.values
+
     def _decide(self, result, epoch_end):
-        """The agreement of all ranks at an update boundary (one collective, ``engine/stop.py``). The budget asks
+        """The agreement of all ranks at an update boundary (one collective, ``engine/stop.py``): the one the step
+        made with its values (:meth:`_agree`), with the update's finiteness (the same on every rank: the values
+        were read from one rank), or one made now."""
+        agreed, self._agreed = getattr(self, "_agreed", None), None
+        if agreed is not None:
+            return agreed._replace(nonfinite=agreed.nonfinite or not result.finite)
+        return self._agreement(epoch_end, nonfinite=not result.finite)
+
+    def _agreement(self, epoch_end, nonfinite=False, values=None):
+        """One collective: the stop signals, the time budget, ``nonfinite``, and ``values`` read. The budget asks
         whether the next piece of work fits with a checkpoint after it: the next update, or at the end of the
         epoch its evaluation and checkpoints."""
         budget = self.stop.budget
@@ -378,7 +394,24 @@ class Trainer:
             next_seconds, saves = budget.eval_estimate(evals), 2 if evals else 1
         else:
             next_seconds, saves = budget.update_seconds(), 1
-        return self.stop.decide(nonfinite=not result.finite, next_seconds=next_seconds, saves_after=saves)
+        # at the epoch's end the corrupt images each rank skipped ride along (summed), for rank 0's report
+        counts = [getattr(self.train_set, "skipped", 0)] if epoch_end else []
+        decision = self.stop.decide(nonfinite=nonfinite, next_seconds=next_seconds, saves_after=saves, values=values,
+                                    counts=counts)
+        if epoch_end:
+            self._report_skipped(decision.counts[0])
+        return decision
+
+    def _report_skipped(self, skipped):
+        """Rank 0: the corrupt images skipped so far on all ranks (each rank's log names its files)."""
+        if not self.ctx.is_main:
+            return
+        if skipped:
+            self.log.warning(f"epoch {self.epoch}: {skipped} corrupt image(s) skipped so far on all "
+                             f"{self.ctx.data_parallel} data-parallel rank(s); each rank's log_rank<r>.txt names its "
+                             f"files")
+        if self.tb:
+            self.tb.add_scalar("data/corrupt_images_skipped", skipped, self.epoch)
 
     def _nonfinite(self, result):
         """A non-finite loss or gradient norm on some rank at this update (the step did not apply it): count the

@@ -9,7 +9,6 @@ safetensors with the metadata in the header (or, on request, a OneFlow directory
 OneFlow directory -> safetensors: a flat file the official PyTorch model loads with ``strict=True``.
 """
 import collections
-import hashlib
 import os
 
 import numpy as np
@@ -21,16 +20,9 @@ from .checkpoint.safetensors_io import is_safetensors, load_safetensors
 from .checkpoint.state_dict import extract_state_dict
 from .checkpoint.torch_reader import Record, load_torch_checkpoint
 from .checkpoint.weights import decode_metadata, load_weights, save_weights
+from .files import sha256_of
 
 FORMATS = ("safetensors", "oneflow")
-
-def sha256_of(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def read_source(path, ema=False):
     """``(state_dict of numpy arrays, checkpoint args or None, format name, which weights, class names or None)``.

@@ -23,7 +23,7 @@ import tarfile
 import oneflow as flow
 from flowvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from ..checkpoint.convert import sha256_of
+from ..files import sha256_of
 from .dataset import DataError, SkipCorrupt, check_image_folder, open_image
 
 INDEX_FORMAT = "oneflow-posmlp-shards-1"

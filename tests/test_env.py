@@ -1,11 +1,11 @@
 """oneflow_posmlp/_env.py: the CPU defaults (ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD, quiet OneFlow logs), never over
 the user's; the tools' quiet start-up and ``--verbose``."""
 import os
-import subprocess
 import sys
 
 import pytest
 
+from launch import run_bounded
 from oneflow_posmlp import _env
 
 CODE = "import os, oneflow_posmlp; print(os.environ.get('ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD', 'unset'))"
@@ -15,8 +15,8 @@ def _import_and_read(env_value):
     env = {k: v for k, v in os.environ.items() if k != _env.VM_WORKER}
     if env_value is not None:
         env[_env.VM_WORKER] = env_value
-    return subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True,
-                          timeout=120).stdout.strip()
+    return run_bounded([sys.executable, "-c", CODE], env=env, capture_output=True, text=True,
+                       timeout=120).stdout.strip()
 
 
 def test_import_sets_the_cpu_default_but_keeps_the_users_setting():
@@ -55,9 +55,9 @@ def test_quiet_logs_on_cpu_unless_the_user_set_them_or_asked_for_verbose(monkeyp
 def _tool_stderr(*extra):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k not in (_env.GLOG_LEVEL, _env.VERBOSE)}
-    res = subprocess.run([sys.executable, os.path.join(root, "tools", "eval.py"), "-c", "configs/demo.yaml",
-                          "--weights", "/nonexistent/w.safetensors", *extra], cwd=root, env=env, capture_output=True,
-                         text=True, timeout=120)
+    res = run_bounded([sys.executable, os.path.join(root, "tools", "eval.py"), "-c", "configs/demo.yaml",
+                       "--weights", "/nonexistent/w.safetensors", *extra], cwd=root, env=env, capture_output=True,
+                      text=True, timeout=120)
     assert res.returncode == 2
     return res.stderr.strip().splitlines()
 
@@ -85,6 +85,6 @@ def test_openblas_core_type_needs_avx2_and_fma_and_keeps_the_users(monkeypatch):
 
 def test_import_sets_the_core_type_only_with_avx2_and_fma():
     env = {k: v for k, v in os.environ.items() if k != _env.CORETYPE}
-    out = subprocess.run([sys.executable, "-c", "import os, oneflow_posmlp; print(os.environ.get('OPENBLAS_CORETYPE'))"],
-                         env=env, capture_output=True, text=True, timeout=120).stdout.strip()
+    out = run_bounded([sys.executable, "-c", "import os, oneflow_posmlp; print(os.environ.get('OPENBLAS_CORETYPE'))"],
+                      env=env, capture_output=True, text=True, timeout=120).stdout.strip()
     assert out == ("Haswell" if {"avx2", "fma"} <= _env.cpu_flags() else "None")

@@ -7,6 +7,7 @@ Global clipping over both groups gives different losses here (checked in the tes
 sensitive to the clipping semantics."""
 import numpy as np
 import oneflow as flow
+import pytest
 
 from conftest import TINY_MODEL_CFG
 from oneflow_posmlp.engine.graph import EvalGraph, TrainGraph, clip_param_groups
@@ -44,6 +45,8 @@ def _eager_losses(batches, clip_scope):
     return model, losses
 
 
+@pytest.mark.slow
+@pytest.mark.isolated
 def test_train_graph_equals_eager_step():
     batches = _batches()
     criterion = flow.nn.CrossEntropyLoss()
@@ -66,6 +69,8 @@ def test_train_graph_equals_eager_step():
     np.testing.assert_allclose(EvalGraph(model)(batches[0][0]).numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.isolated
 def test_train_graph_accumulates_micro_batches():
     """A one-process graph with gradient accumulation (``train.grad_accum_steps=2``) compiles and equals eager
     accumulation (each micro-batch's loss / 2, one update). OneFlow 0.9.0 aborted such a graph while the CPU
@@ -91,6 +96,8 @@ def test_train_graph_accumulates_micro_batches():
             assert np.abs(a.numpy() - b.numpy()).max() <= 1e-5, k
 
 
+@pytest.mark.slow
+@pytest.mark.isolated
 def test_graph_step_returns_the_eager_steps_gradient_norm_before_clipping(tiny_demo_root, tmp_path):
     """``GraphStep`` (a TrainGraph returning its gradient norm) and ``EagerStep`` with the graph's semantics
     (per-group clipping, OneFlow's schedule): the same norms over 3 updates, where clipping to 0.05 leaves the

@@ -162,6 +162,7 @@ def pytest_pyfunc_call(pyfuncitem):
     child_limit = max(limit - WATCHDOG_GRACE - 15, 10)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", pyfuncitem.nodeid]
     env = dict(os.environ, **{ISOLATED_CHILD: str(child_limit)})
+    env.pop("PYTEST_ADDOPTS", None)  # the child runs this one test, with setup.cfg's options
     try:
         res = run_bounded(cmd, timeout=limit - 5, capture_output=True, text=True, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired as exc:

@@ -175,5 +175,6 @@ def pytest_pyfunc_call(pyfuncitem):
         pytest.skip(f"skipped in its isolated run: {tail[0]}")
     how = (f"crashed ({signal.Signals(-res.returncode).name})" if res.returncode < 0 else
            f"exited {res.returncode}")
-    pytest.fail(f"the isolated run of {pyfuncitem.nodeid} {how}:\n{res.stdout[-6000:]}\n{res.stderr[-4000:]}",
-                pytrace=False)
+    fatal = res.stderr.find("Fatal Python error")  # faulthandler's report of a crash: the stacks, from the top
+    err = res.stderr[fatal:fatal + 12000] if fatal >= 0 else res.stderr[-4000:]
+    pytest.fail(f"the isolated run of {pyfuncitem.nodeid} {how}:\n{res.stdout[-6000:]}\n{err}", pytrace=False)

@@ -427,6 +427,7 @@ def _check_stop_and_resume(out, stopped, resumed, reason, full):
 
 
 @pytest.mark.distributed
+@pytest.mark.timeout(900)  # the first pays for the module's job (135 s measured under load)
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_sigterm_to_rank_1_only_stops_both_ranks_and_resumes_exactly(rank1_job, mode):
     base, results = rank1_job
@@ -437,6 +438,7 @@ def test_sigterm_to_rank_1_only_stops_both_ranks_and_resumes_exactly(rank1_job, 
 
 
 @pytest.mark.distributed
+@pytest.mark.timeout(900)  # the first pays for the module's job (135 s measured under load)
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_sigterm_to_every_rank_stops_and_resumes_exactly(all_ranks_job, rank1_job, mode):
     base, results, launcher_code, launcher_out = all_ranks_job

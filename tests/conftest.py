@@ -23,7 +23,7 @@ import oneflow_posmlp  # noqa: F401  (before oneflow)
 import pytest
 import pytest_timeout
 
-WATCHDOG_GRACE = 30  # seconds after a test's limit until the watchdog ends a process the signal could not reach
+WATCHDOG_GRACE = 60  # seconds after a test's limit until the watchdog ends a process the signal could not reach
 ISOLATED_CHILD = "POSMLP_TEST_ISOLATED_LIMIT"  # an isolated test's own pytest: its time limit in seconds
 _DEADLINE = pytest.StashKey[float]()
 _WATCHDOG_FD = pytest.StashKey[int]()
@@ -126,10 +126,12 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def _arm_watchdog(item):
-    """(Re)arm the watchdog for what is left of the test's deadline: pytest cancels faulthandler's timer when a
-    phase fails (``pytest_exception_interact``), so each phase arms it again."""
+    """(Re)arm the watchdog for what is left of the test's deadline, and at least ``WATCHDOG_GRACE``: pytest
+    cancels faulthandler's timer when a phase fails (``pytest_exception_interact``), so each phase arms it again,
+    and a test that the signal did stop gets the time to report its failure and tear down (slow on a loaded
+    machine), bounded again by the watchdog."""
     if _DEADLINE in item.stash:
-        left = max(item.stash[_DEADLINE] - time.monotonic(), 1.0)
+        left = max(item.stash[_DEADLINE] - time.monotonic(), WATCHDOG_GRACE)
         faulthandler.dump_traceback_later(left, exit=True, file=item.config.stash[_WATCHDOG_FD])
 
 
@@ -149,22 +151,32 @@ def pytest_runtest_teardown(item):
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    _arm_watchdog(item)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem):
     """An ``isolated`` test runs as ``python -m pytest NODEID`` in a process of its own; this one reports its end."""
     if pyfuncitem.get_closest_marker("isolated") is None or os.environ.get(ISOLATED_CHILD):
         return None
     import subprocess
 
-    from launch import ROOT, run_bounded
+    from launch import run_bounded
 
     limit = _limit(pyfuncitem) or 300
     # the child's own limit and watchdog end first, so its output says where it stopped
     child_limit = max(limit - WATCHDOG_GRACE - 15, 10)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", pyfuncitem.nodeid]
+    config = pyfuncitem.config
+    args = list(config.invocation_params.args)  # the caller's -p plugins (not xdist) and config file, as given
+    plugins = [x for i, a in enumerate(args[:-1]) if a == "-p" and "xdist" not in args[i + 1] for x in (a, args[i + 1])]
+    ini = ["-c", str(config.inipath)] if config.inipath else []
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *plugins, *ini,
+           "--rootdir", str(config.rootpath), pyfuncitem.nodeid]
     env = dict(os.environ, **{ISOLATED_CHILD: str(child_limit)})
     env.pop("PYTEST_ADDOPTS", None)  # the child runs this one test, with setup.cfg's options
     try:
-        res = run_bounded(cmd, timeout=limit - 5, capture_output=True, text=True, cwd=ROOT, env=env)
+        res = run_bounded(cmd, timeout=limit - 5, capture_output=True, text=True, cwd=str(config.rootpath), env=env)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the isolated run of {pyfuncitem.nodeid} passed {limit - 5} s and was killed:\n"
                     f"{(exc.output or b'')[-4000:]!r}\n{(exc.stderr or b'')[-4000:]!r}", pytrace=False)

@@ -59,7 +59,7 @@ def test_the_watchdog_ends_a_wait_the_signal_cannot_reach(tmp_path):
         "test_blocked.py": "import pytest, signal, time\n\n@pytest.mark.timeout(2)\ndef test_blocked_wait():\n"
                            "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})\n"
                            "    while True:\n        time.sleep(3600)\n"}, "-n", "0")
-    assert code == 1 and "Timeout (0:00:" in out and "in test_blocked_wait" in out, out[-3000:]
+    assert code == 1 and re.search(r"Timeout \(\d+:\d\d:\d\d", out) and "in test_blocked_wait" in out, out[-3000:]
     assert seconds >= 2 + WATCHDOG_GRACE, seconds  # not before the grace has passed (the upper bound: run_planted's)
 
 
@@ -68,6 +68,8 @@ def test_a_crashed_worker_fails_its_test_and_ends_the_run_red(tmp_path):
     assert code == 1, out[-3000:]
     assert "worker 'gw" in out and "crashed while running 'test_a_crashes.py::test_segfaults'" in out, out[-3000:]
     assert "Fatal Python error: Segmentation fault" in out, out[-3000:]
+    # ended at once: pytest-xdist 3.8.0's loadscope can hang after replacing a crashed worker
+    assert "crashed and worker restarting disabled" in out, out[-3000:]
 
 
 def test_an_isolated_test_that_crashes_fails_alone(tmp_path):

@@ -1,5 +1,6 @@
 """Shared test configuration. ``import oneflow_posmlp`` must precede ``import oneflow`` (it preloads
-the cuDNN/cuBLAS libraries of the nvidia wheels).
+the cuDNN/cuBLAS libraries of the nvidia wheels); the test process (and the jobs it launches) then takes the CPU
+settings the tools set (``_env.prepare_process``), before any test imports OneFlow.
 
 Deadlines (setup.cfg ``timeout``, a test's own ``@pytest.mark.timeout(SECONDS)``): pytest-timeout's signal method
 fails a test that passes its limit with its stack, and the run goes on. The signal's handler runs only between
@@ -20,6 +21,9 @@ import sys
 import time
 
 import oneflow_posmlp  # noqa: F401  (before oneflow)
+from oneflow_posmlp._env import prepare_process
+
+prepare_process()
 import pytest
 import pytest_timeout
 

@@ -30,8 +30,9 @@ def free_port():
 
 def run_bounded(cmd, timeout=TIMEOUT, check=False, **kw):
     """``subprocess.run(cmd, timeout=timeout, ...)`` in a session of its own, whose whole process group is killed
-    when the timeout passes: ``subprocess.run`` kills only the launcher, and its ranks (which ignore a first
-    SIGTERM while training) would train on as orphans, slowing every later test."""
+    when the timeout passes, or when the wait is interrupted (the test's own deadline, pytest-timeout, raises in
+    it; Ctrl-C): ``subprocess.run`` kills only the launcher, and its ranks (which ignore a first SIGTERM while
+    training) would train on as orphans, slowing every later test."""
     kw.setdefault("cwd", ROOT)
     if kw.pop("capture_output", False):
         kw.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -39,16 +40,23 @@ def run_bounded(cmd, timeout=TIMEOUT, check=False, **kw):
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_group(proc)
             out, err = proc.communicate()
             raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err)
+        except BaseException:
+            _kill_group(proc)
+            raise
     res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     if check:
         res.check_returncode()
     return res
+
+
+def _kill_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def launcher(ranks, port=None):

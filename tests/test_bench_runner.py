@@ -26,6 +26,8 @@ def tiny_yaml(tmp_path):
     return str(path)
 
 
+@pytest.mark.slow
+@pytest.mark.isolated
 def test_every_mode_runs_and_reports(tiny_yaml):
     cfg = benchmark_config(tiny_yaml, batch_size=4)
     res = run_benchmark(cfg, steps=1, warmup=1, profile=True, profile_repeat=1)

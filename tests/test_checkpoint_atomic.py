@@ -2,12 +2,12 @@
 costs the updates since the previous save, never the checkpoint (``recover``, called by every write and by
 ``--resume``)."""
 import os
-import subprocess
 import sys
 
 import pytest
 
 from conftest import tiny_train_opts
+from launch import run_bounded
 from oneflow_posmlp.checkpoint import atomic
 from oneflow_posmlp.checkpoint.atomic import atomic_path, recover
 
@@ -99,6 +99,7 @@ def test_the_next_save_recovers_first(tmp_path):
         write_dir(tmp, "new")
     assert read_dir(dst) == "new" and entries(tmp_path) == ["last"]
 
+@pytest.mark.slow
 
 def test_resume_auto_continues_from_a_checkpoint_a_kill_left_aside(tiny_demo_root, tmp_path):
     """A run whose ``last`` a kill left as ``.last.old`` (the on-disk state of a SIGKILL between the save's two
@@ -107,11 +108,11 @@ def test_resume_auto_continues_from_a_checkpoint_a_kill_left_aside(tiny_demo_roo
     train = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "-c", "configs/demo.yaml", "--output", str(out)]
     opts = ["--opts", *tiny_train_opts(tiny_demo_root, **{"train.epochs": 1, "data.limit_train_batches": 2,
                                                             "train.ema": "false"})]
-    res = subprocess.run(train + opts, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    res = run_bounded(train + opts, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     os.rename(out / "last", out / ".last.old")
     more = [o.replace("train.epochs=1", "train.epochs=2") for o in opts]
-    res = subprocess.run(train + ["--resume", "auto"] + more, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    res = run_bounded(train + ["--resume", "auto"] + more, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     log = (out / "log_rank0.txt").read_text()
     assert "restored the previous complete checkpoint" in log, log[-2000:]

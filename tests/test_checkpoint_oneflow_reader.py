@@ -4,7 +4,6 @@ OneFlow directory uses it (eval --weights [--ema], train --init / --resume, the 
 import collections
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
@@ -12,6 +11,7 @@ import oneflow as flow
 import pytest
 
 from conftest import TINY_MODEL_CFG, tiny_train_opts
+from launch import run_bounded
 from oneflow_posmlp.checkpoint import CheckpointError, UnsafeCheckpointError, load_weights, read_oneflow_checkpoint
 from oneflow_posmlp.conversion import convert_torch_to_oneflow, export_oneflow_to_safetensors
 from oneflow_posmlp.checkpoint.oneflow_io import save_oneflow_weights
@@ -157,8 +157,8 @@ def test_numpy_object_arrays_are_refused(tmp_path):
 
 
 def tool(*args):
-    res = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env=dict(os.environ, GLOG_minloglevel="3"))
+    res = run_bounded([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                      env=dict(os.environ, GLOG_minloglevel="3"))
     res.errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     return res
 

@@ -151,6 +151,7 @@ def test_gqpe_transferred_model_has_the_map_of_a_model_built_at_the_target_windo
 
 
 # ----------------------------------------------------------------------------------------- posmlp_t -> 384 px
+@pytest.mark.slow  # two full-size models (8-30 s measured on the shared 2-core machine)
 def test_posmlp_t_weights_fine_tune_posmlp_t_384(tmp_path, caplog):
     """posmlp_t (224, windows 14-14-14-7) safetensors -> create_model("posmlp_t_384", weights=): forward and one
     AdamW step at 384 (about 10 s on 2 cores)."""

@@ -5,11 +5,11 @@ import configparser
 import importlib
 import importlib.util
 import os
-import subprocess
 import sys
 
 import pytest
 
+from launch import run_bounded
 from oneflow_posmlp.config import list_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,8 +82,8 @@ def test_convert_opts_need_a_config(capsys):
 
 def test_module_runs_as_python_dash_m():
     """``python -m oneflow_posmlp.cli.train`` (what ``oneflow.distributed.launch -m`` runs on every rank)."""
-    res = subprocess.run([sys.executable, "-m", "oneflow_posmlp.cli.train", "--help"], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
+    res = run_bounded([sys.executable, "-m", "oneflow_posmlp.cli.train", "--help"], capture_output=True, text=True,
+                      timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("usage: ") and "Train PosMLP" in res.stdout
 
@@ -142,10 +142,10 @@ def test_a_failing_multi_rank_start_writes_the_error_first_in_every_ranks_log(tm
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    res = subprocess.run([sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port",
-                          str(port), os.path.join(ROOT, "tools", "train.py"), "-c", "configs/demo.yaml", "--output",
-                          str(tmp_path), "--opts", "data.demo=false", "data.root=/nonexistent", "dist.data_parallel=3"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, GLOG_minloglevel="2"))
+    res = run_bounded([sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port",
+                       str(port), os.path.join(ROOT, "tools", "train.py"), "-c", "configs/demo.yaml", "--output",
+                       str(tmp_path), "--opts", "data.demo=false", "data.root=/nonexistent", "dist.data_parallel=3"],
+                      cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, GLOG_minloglevel="2"))
     error = "error: dist layout data_parallel=3 x tensor_parallel=1 x pipeline_parallel=1 = 3 ranks, but 2 were launched"
     lines = res.stderr.splitlines()
     assert res.returncode == 1 and lines[-1].startswith("subprocess.CalledProcessError: Command "), res.stderr[-3000:]

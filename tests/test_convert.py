@@ -4,7 +4,6 @@ import json
 import os
 import pickle
 import re
-import subprocess
 import sys
 import zipfile
 
@@ -13,6 +12,7 @@ import oneflow as flow
 import pytest
 
 from conftest import REFERENCE, REFERENCE_MODELS, TRAINED_LIKE_MODELS, reference_file
+from launch import run_bounded
 from oneflow_posmlp.checkpoint import CheckpointError, load_safetensors, load_weights
 from oneflow_posmlp.conversion import (VerificationError, convert_torch_to_oneflow,
                                                export_oneflow_to_safetensors, verify)
@@ -25,8 +25,8 @@ quiet = lambda *a, **k: None  # noqa: E731
 
 
 def run_tool(*args):
-    res = subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, GLOG_minloglevel="3"))
+    res = run_bounded([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True, timeout=120,
+                      env=dict(os.environ, GLOG_minloglevel="3"))
     # OneFlow itself prints a line about libibverbs at import; the tool's own message is the last line
     res.last_err = (res.stderr.strip().splitlines() or [""])[-1]
     return res

@@ -55,6 +55,7 @@ def test_shapes_and_repeated_calls():
     assert np.abs(y.numpy() - ref).max() <= 1e-6
 
 
+@pytest.mark.isolated
 def test_module_is_an_nn_gelu_and_graphs_use_the_builtin():
     m = GELU()
     assert isinstance(m, flow.nn.GELU)

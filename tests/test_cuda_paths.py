@@ -51,7 +51,7 @@ def test_rng_state_round_trip_with_cuda_reported(cuda_reported):
         _draws()
     assert not np.array_equal(_draws()[0], again[0])  # the block left the generators where they were
 
-
+@pytest.mark.slow  # trains the demo twice (27 s measured on the shared 2-core machine)
 def test_demo_run_with_cuda_reported_finishes_and_resumes_exactly(cuda_reported, tiny_demo_root, tmp_path,
                                                                   monkeypatch):
     """A CPU run on a GPU host (``dist.device=cpu``, CUDA reported): the epochs (rng_preserved), the evaluations,

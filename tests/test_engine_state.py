@@ -2,13 +2,13 @@
 the checkpoint and the space it needs, the previous checkpoint survives, and resuming from it works."""
 import errno
 import os
-import subprocess
 import sys
 
 import oneflow as flow
 import pytest
 
 from conftest import tiny_train_opts
+from launch import run_bounded
 from oneflow_posmlp.checkpoint import CheckpointError, read_oneflow_checkpoint
 from oneflow_posmlp.checkpoint.errors import _size
 from oneflow_posmlp.config import load_config
@@ -61,20 +61,21 @@ sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
+@pytest.mark.slow
 
 def test_cli_disk_full_is_one_error_line_and_the_run_resumes(tiny_demo_root, tmp_path):
     out = tmp_path / "out"
     cmd = [os.path.join(ROOT, "tools", "train.py"), "-c", "configs/demo.yaml", "--output", str(out), "--opts",
            *tiny_train_opts(tiny_demo_root, **{"train.epochs": 2, "data.limit_train_batches": 1})]
     env = dict(os.environ, GLOG_minloglevel="3")
-    res = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env=env)
+    res = run_bounded([sys.executable, "-c", WRAPPER, *cmd], cwd=ROOT, capture_output=True, text=True,
+                      timeout=300, env=env)
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert len(errors) == 1 and f"writing {out / 'last'}: it needs about " in errors[0], res.stderr[-2000:]
     assert read_oneflow_checkpoint(out / "last")["epoch"] == 1  # the previous 'last' (after epoch 0) survives
-    res = subprocess.run([sys.executable, *cmd, "--resume", "auto"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env=env)
+    res = run_bounded([sys.executable, *cmd, "--resume", "auto"], cwd=ROOT, capture_output=True, text=True,
+                      timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resumed from" in (out / "log_rank0.txt").read_text()
     assert read_oneflow_checkpoint(out / "last")["epoch"] == 2

@@ -54,7 +54,7 @@ def test_handler_notes_the_first_signal_and_a_second_one_ends_the_process():
             "s = StopSignals([signal.SIGTERM]).install()\n"
             "os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.05); print('noted', s.received, flush=True)\n"
             "os.kill(os.getpid(), signal.SIGTERM); time.sleep(5); print('still alive')")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    res = run_bounded([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == -signal.SIGTERM and f"noted {int(signal.SIGTERM)}" in res.stdout
     assert "still alive" not in res.stdout and "received SIGTERM: stopping at the next update boundary" in res.stderr
 
@@ -127,6 +127,7 @@ def _stop_line(out, rank=0):
     reason, epoch, update, batch = STOPPED.search(lines[0]).groups()
     return reason, int(epoch), int(update), int(batch)
 
+@pytest.mark.slow
 
 def test_sigusr1_stops_one_process_with_a_resumable_last(tiny_demo_root, tmp_path):
     out = tmp_path / "run"
@@ -145,6 +146,7 @@ def test_sigusr1_stops_one_process_with_a_resumable_last(tiny_demo_root, tmp_pat
     assert code == 0, stderr[-2000:]
     assert read_oneflow_checkpoint(out / "last")["updates"] == 8
 
+@pytest.mark.slow
 
 def test_a_tiny_time_budget_ends_with_75_and_a_resumable_last(tiny_demo_root, tmp_path):
     out = tmp_path / "run"
@@ -167,6 +169,7 @@ def _digest(path):
     return h.hexdigest()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["eager", "graph"])
 def test_divergence_halts_and_leaves_the_checkpoints_byte_for_byte(tiny_demo_root, tmp_path, mode):
     """The issue's try: lr 1e6 without warm-up and clipping. Epoch 0 trains normally (eagerly: checkpoints resume
@@ -213,7 +216,7 @@ def _weights(module):
     return {k: v.numpy().copy() for k, v in module.state_dict().items()}
 
 
-@pytest.mark.parametrize("mode", ["eager", "graph"])
+@pytest.mark.parametrize("mode", ["eager", pytest.param("graph", marks=[pytest.mark.isolated, pytest.mark.slow])])
 def test_skip_steps_over_one_poisoned_micro_batch_and_trains_on(tiny_demo_root, tmp_path, mode):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -244,7 +247,7 @@ def test_skip_steps_over_one_poisoned_micro_batch_and_trains_on(tiny_demo_root, 
     assert len(acc.Scalars("train/grad_norm")) == 3  # a graph reports its gradient norm too
 
 
-@pytest.mark.parametrize("mode", ["eager", "graph"])
+@pytest.mark.parametrize("mode", ["eager", pytest.param("graph", marks=[pytest.mark.isolated, pytest.mark.slow])])
 def test_a_skipped_update_changes_nothing(tiny_demo_root, tmp_path, mode):
     """Weights, BatchNorm statistics, EMA, AdamW moments and step count after the poisoned update (and after the
     run) are exactly those after the update before it."""
@@ -424,6 +427,7 @@ def _check_stop_and_resume(out, stopped, resumed, reason, full):
 
 
 @pytest.mark.distributed
+@pytest.mark.timeout(900)  # the first pays for the module's job (135 s measured under load)
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_sigterm_to_rank_1_only_stops_both_ranks_and_resumes_exactly(rank1_job, mode):
     base, results = rank1_job
@@ -434,6 +438,7 @@ def test_sigterm_to_rank_1_only_stops_both_ranks_and_resumes_exactly(rank1_job, 
 
 
 @pytest.mark.distributed
+@pytest.mark.timeout(900)  # the first pays for the module's job (135 s measured under load)
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_sigterm_to_every_rank_stops_and_resumes_exactly(all_ranks_job, rank1_job, mode):
     base, results, launcher_code, launcher_out = all_ranks_job
@@ -457,6 +462,7 @@ def test_a_nan_on_rank_1_only_is_skipped_by_both_ranks_at_the_same_update(tiny_d
         assert len(r0["skipped"]) == 1 and r0["skipped"][0].startswith("epoch 0 update 2: non-finite"), (mode, r0)
         assert r0["agree"] == ["epoch 0: replicas agree within 0"], (mode, r0)
 
+@pytest.mark.slow
 
 def test_sigterm_to_the_whole_process_group_reaches_the_loader_workers_too(tiny_demo_root, tmp_path):
     """A launcher leading its group (or a scheduler) signals every process, DataLoader workers included: they must

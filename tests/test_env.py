@@ -3,11 +3,11 @@ tools set the CPU defaults (ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD, OPENBLAS_CORETY
 the user's; the tools' quiet start-up and ``--verbose``."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
+from launch import run_bounded
 from oneflow_posmlp import _env
 
 CPU_KEYS = (_env.VM_WORKER, _env.CORETYPE, _env.GLOG_LEVEL, _env._QUIET_SET, _env.VERBOSE)
@@ -29,7 +29,7 @@ run(lambda: print(os.environ.get("ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD", "unset")
 def _python(code, **env_values):
     env = {k: v for k, v in os.environ.items() if k not in CPU_KEYS}
     env.update(env_values)
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    res = run_bounded([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     return res.stdout.strip().splitlines()[-1]
 
@@ -82,9 +82,9 @@ def test_quiet_logs_on_cpu_unless_the_user_set_them_or_asked_for_verbose(monkeyp
 def _tool_stderr(*extra):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k not in (_env.GLOG_LEVEL, _env.VERBOSE)}
-    res = subprocess.run([sys.executable, os.path.join(root, "tools", "eval.py"), "-c", "configs/demo.yaml",
-                          "--weights", "/nonexistent/w.safetensors", *extra], cwd=root, env=env, capture_output=True,
-                         text=True, timeout=120)
+    res = run_bounded([sys.executable, os.path.join(root, "tools", "eval.py"), "-c", "configs/demo.yaml",
+                       "--weights", "/nonexistent/w.safetensors", *extra], cwd=root, env=env, capture_output=True,
+                      text=True, timeout=120)
     assert res.returncode == 2
     return res.stderr.strip().splitlines()
 

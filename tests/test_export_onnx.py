@@ -39,6 +39,7 @@ def assert_runtime_matches(model, path, batch):
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert not ops & {"stack", "var"}, ops  # only standard ONNX ops remain
 
+@pytest.mark.slow
 
 def test_demo_model_and_its_features_export(tmp_path):
     model = build_model(demo_model_cfg())
@@ -57,6 +58,7 @@ def test_shifted_windows_are_refused_with_the_reason(tmp_path):
         export_onnx(model, str(tmp_path / "x.onnx"))
     assert not os.path.exists(tmp_path / "x.onnx")
 
+@pytest.mark.slow
 
 def test_lrpe_gated_model_exports(tmp_path, tiny_model_cfg):
     model = build_model(dict(tiny_model_cfg, quadratic=False, pos_only=False))
@@ -72,6 +74,7 @@ def test_posmlp_t_exports(tmp_path):
     export_onnx(model, path, batch_size=1)
     assert_runtime_matches(model, path, 1)
 
+@pytest.mark.slow
 
 def test_export_tool_writes_a_checked_file(tmp_path, capsys):
     from oneflow_posmlp.cli import export_onnx as tool  # posmlp-export-onnx, tools/export_onnx.py

@@ -7,6 +7,7 @@ Global clipping over both groups gives different losses here (checked in the tes
 sensitive to the clipping semantics."""
 import numpy as np
 import oneflow as flow
+import pytest
 
 from conftest import TINY_MODEL_CFG
 from oneflow_posmlp.cpu_kernels import apply_cpu_kernels
@@ -46,6 +47,8 @@ def _eager_losses(batches, clip_scope):
     return model, losses
 
 
+@pytest.mark.slow
+@pytest.mark.isolated
 def test_train_graph_equals_eager_step():
     batches = _batches()
     criterion = flow.nn.CrossEntropyLoss()
@@ -68,6 +71,8 @@ def test_train_graph_equals_eager_step():
     np.testing.assert_allclose(EvalGraph(model)(batches[0][0]).numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.isolated
 def test_train_graph_accumulates_micro_batches():
     """A one-process graph with gradient accumulation (``train.grad_accum_steps=2``) compiles and equals eager
     accumulation (each micro-batch's loss / 2, one update). OneFlow 0.9.0 aborted such a graph while the CPU
@@ -93,6 +98,8 @@ def test_train_graph_accumulates_micro_batches():
             assert np.abs(a.numpy() - b.numpy()).max() <= 1e-5, k
 
 
+@pytest.mark.slow
+@pytest.mark.isolated
 def test_graph_step_returns_the_eager_steps_gradient_norm_before_clipping(tiny_demo_root, tmp_path):
     """``GraphStep`` (a TrainGraph returning its gradient norm) and ``EagerStep`` with the graph's semantics
     (per-group clipping, OneFlow's schedule): the same norms over 3 updates, where clipping to 0.05 leaves the
@@ -129,6 +136,8 @@ def update_ops(graph):
             if op.HasField("user_conf") and op.user_conf.op_type_name.endswith("_update")}
 
 
+@pytest.mark.slow
+@pytest.mark.isolated
 def test_compiled_update_ops_keep_the_loss_scalers_skip_and_scale():
     """With the fusions the train graph turns on, every AdamW update op of the compiled plan still takes the loss
     scaler's ``skip_if`` (a step with non-finite gradients is not applied) and ``scale_by_tensor`` (1 / scale)."""

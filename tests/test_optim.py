@@ -63,6 +63,7 @@ class _Step(flow.nn.Graph):
         return loss
 
 
+@pytest.mark.isolated
 def test_graph_global_clip_adamw_refuses_groups_it_cannot_merge():
     net = _Net()
     groups = [{"params": [net.fc.weight], "weight_decay": 0.05},

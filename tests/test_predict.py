@@ -2,12 +2,12 @@
 files/folders, class names, bad files."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from conftest import tiny_train_opts
+from launch import run_bounded
 from oneflow_posmlp.checkpoint import load_weights
 from oneflow_posmlp.cli import predict as predict_tool
 from oneflow_posmlp.config import load_config
@@ -37,9 +37,9 @@ def test_training_checkpoint_stores_the_class_names(trained, tiny_demo_root):
 
 
 def test_predict_on_the_validation_images_reproduces_the_eval_top1(trained, tiny_demo_root, capsys):
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "eval.py"), "-c", "configs/demo.yaml",
-                          "--weights", trained, "--opts", *tiny_train_opts(tiny_demo_root)], capture_output=True,
-                         text=True, timeout=300, cwd=ROOT, env=dict(os.environ, GLOG_minloglevel="3"))
+    res = run_bounded([sys.executable, os.path.join(ROOT, "tools", "eval.py"), "-c", "configs/demo.yaml",
+                       "--weights", trained, "--opts", *tiny_train_opts(tiny_demo_root)], capture_output=True,
+                      text=True, timeout=300, cwd=ROOT, env=dict(os.environ, GLOG_minloglevel="3"))
     assert res.returncode == 0, res.stderr
     evaluated = json.loads(res.stdout.strip().splitlines()[-1])
     val = os.path.join(tiny_demo_root, "val")

@@ -225,6 +225,8 @@ def test_exempt_biases_are_the_stem_convolutions(tmp_path):
     assert bn_fed_conv_biases(cfg, vectors) == {f"patch_embed.projs.{i}.bias" for i in range(3)}
 
 
+@pytest.mark.slow
+@pytest.mark.isolated
 @pytest.mark.parametrize("cpu_kernels", [False, True], ids=["official", "cpu-kernels"])
 @pytest.mark.parametrize("meta_path", CASES)
 def test_graph_recipe_with_global_clipping_equals_official(meta_path, cpu_kernels, tmp_path):
@@ -241,6 +243,8 @@ def test_graph_recipe_with_global_clipping_equals_official(meta_path, cpu_kernel
     assert weight_errors(ema, state_of(vectors, "ema/"), exempt, start, lr_sum, GRAPH_SKIP) == {}
 
 
+@pytest.mark.slow
+@pytest.mark.isolated
 def test_graph_with_per_group_clipping_differs_by_the_measured_amount(tmp_path):
     """OneFlow 0.9.0's own graph clipping (``clip_scope=group``, the trainer's ``auto`` in a graph): visibly off
     the official run, by no more than measured."""

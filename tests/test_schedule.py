@@ -127,6 +127,7 @@ def graph_lrs(start, updates):
     return out
 
 
+@pytest.mark.isolated
 def test_graph_runs_the_epoch_staircase_and_resumes_it():
     want = epoch_lrs()
     # read as differences of a float32 weight near 1e-2: resolution ~1e-9; epochs differ by >= 6e-5

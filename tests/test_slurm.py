@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from launch import ROOT, TIMEOUT, children, end_pids, launcher, train_cmd, wait_for_text
+from launch import ROOT, TIMEOUT, children, end_pids, launcher, run_bounded, train_cmd, wait_for_text
 from oneflow_posmlp.checkpoint import read_oneflow_checkpoint
 from oneflow_posmlp.slurm import MARK, apply_slurm_env, expand_nodelist, first_host, slurm_env
 
@@ -88,9 +88,9 @@ def test_apply_sets_the_variables_and_marks_the_process():
 
 def test_the_tool_names_a_bad_node_list_before_importing_oneflow(tiny_demo_root, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    res = subprocess.run([sys.executable, *train_cmd(tiny_demo_root, tmp_path)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, env=dict(env, SLURM_PROCID="0", SLURM_NTASKS="2",
-                                                          SLURM_JOB_NODELIST="node[1-", SLURM_JOB_ID="7"))
+    res = run_bounded([sys.executable, *train_cmd(tiny_demo_root, tmp_path)], cwd=ROOT, capture_output=True,
+                      text=True, timeout=120, env=dict(env, SLURM_PROCID="0", SLURM_NTASKS="2",
+                                                       SLURM_JOB_NODELIST="node[1-", SLURM_JOB_ID="7"))
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == (
         "error: malformed SLURM node list 'node[1-': unbalanced '['")
 
@@ -120,8 +120,8 @@ def launcher_run(tiny_demo_root, tmp_path_factory):
     leader of its process group), which gets SIGTERM after the first update."""
     out = tmp_path_factory.mktemp("launcher")
     proc = subprocess.Popen(launcher(2) + train_cmd(tiny_demo_root, out / "run", **OPTS), cwd=ROOT,
-                            stdout=open(out / "launcher.out", "w"), stderr=subprocess.STDOUT,
-                            env=dict(os.environ, GLOG_minloglevel="2"))
+                         stdout=open(out / "launcher.out", "w"), stderr=subprocess.STDOUT,
+                         env=dict(os.environ, GLOG_minloglevel="2"))
     deadline, ranks = time.time() + TIMEOUT, []
     try:
         wait_for_text(out / "run" / "log_rank0.txt", "epoch 0 update 1:", [proc])
@@ -153,9 +153,9 @@ def test_two_processes_with_only_slurm_variables_train_as_the_launcher_run(launc
     launched = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in launched and not k.startswith("SLURM_")}
     procs = [subprocess.Popen([sys.executable, *train_cmd(tiny_demo_root, tmp_path / "run", **OPTS)], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(env, GLOG_minloglevel="2", SLURM_PROCID=str(r), SLURM_LOCALID=str(r),
-                                       SLURM_NTASKS="2", SLURM_JOB_NODELIST="127.0.0.[1-2]", SLURM_JOB_ID=str(job)))
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(env, GLOG_minloglevel="2", SLURM_PROCID=str(r), SLURM_LOCALID=str(r),
+                                    SLURM_NTASKS="2", SLURM_JOB_NODELIST="127.0.0.[1-2]", SLURM_JOB_ID=str(job)))
              for r in range(2)]
     try:
         outs = [p.communicate(timeout=TIMEOUT) for p in procs]

@@ -2,10 +2,11 @@
 under the checkout's ``.venv/bin/python``, or prints one ``error:`` line with the fix."""
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
+
+from launch import run_bounded
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_ONEFLOW = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('oneflow') else 1)"
@@ -14,7 +15,7 @@ HAS_ONEFLOW = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spe
 def python_without_oneflow():
     for name in ("python3", "python3.11", "python3.12", "python3.9", "python"):
         exe = shutil.which(name)
-        if exe and subprocess.run([exe, "-c", HAS_ONEFLOW], capture_output=True, timeout=60).returncode == 1:
+        if exe and run_bounded([exe, "-c", HAS_ONEFLOW], capture_output=True, timeout=60).returncode == 1:
             return exe
     return None
 
@@ -38,15 +39,15 @@ def checkout(tmp_path, venv):
 
 
 def test_without_a_venv_one_line_names_the_fix(bare_python, tmp_path):
-    res = subprocess.run([bare_python, str(checkout(tmp_path, venv=False)), "-c", "configs/demo.yaml"],
-                         capture_output=True, text=True, timeout=60)
+    res = run_bounded([bare_python, str(checkout(tmp_path, venv=False)), "-c", "configs/demo.yaml"],
+                      capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: this Python") and "make venv" in lines[0]
 
 
 def test_with_a_venv_the_tool_runs_under_it(bare_python, tmp_path):
-    res = subprocess.run([bare_python, str(checkout(tmp_path, venv=True)), "--help"], capture_output=True,
-                         text=True, timeout=120)
+    res = run_bounded([bare_python, str(checkout(tmp_path, venv=True)), "--help"], capture_output=True,
+                      text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("usage: train.py") and "Train PosMLP" in res.stdout

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_train_opts
+from launch import run_bounded
 from oneflow_posmlp.checkpoint import read_oneflow_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,9 +33,10 @@ def train_cmd(root, out, mode, *extra):
 
 
 def run(cmd):
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return run_bounded(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(mode, tiny_demo_root, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"

@@ -2,7 +2,6 @@
 import csv
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import tiny_train_opts
+from launch import run_bounded
 from oneflow_posmlp.checkpoint import CheckpointError, save_weights
 from oneflow_posmlp.checkpoint.oneflow_io import save_oneflow_weights
 from oneflow_posmlp.config import load_config
@@ -21,8 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tool(name, *args):
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)], capture_output=True,
-                         text=True, timeout=300, cwd=ROOT, env=dict(os.environ, GLOG_minloglevel="3"))
+    res = run_bounded([sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)], capture_output=True,
+                      text=True, timeout=300, cwd=ROOT, env=dict(os.environ, GLOG_minloglevel="3"))
     res.last_err = (res.stderr.strip().splitlines() or [""])[-1]
     return res
 

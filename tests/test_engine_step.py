@@ -43,7 +43,7 @@ def _reads_per_update(step, batches, updates=2, agree=None):
     return counts, results
 
 
-@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize("graph", [False, pytest.param(True, marks=pytest.mark.isolated)], ids=["eager", "graph"])
 def test_one_host_read_per_update(graph):
     training, ctx, batches = _setup(graph, accum=1 if graph else 2)
     counts, results = _reads_per_update(training.step, batches, updates=3)

@@ -62,12 +62,13 @@ def test_lr_follows_warmup_then_cosine(trained):
     lrs = [e.value for e in acc.Scalars("train/lr")]
     t = trainer.cfg["train"]
     peak, warm, low, total = trainer.lr, t["warmup_lr"], t["min_lr"], 8  # 2 epochs x 4 updates, 4 of warm-up
-    # logged after update k: the rate of update k+1. Warm-up is linear from warmup_lr; from then on the cosine
-    # runs over all updates (timm's CosineLRScheduler without warmup_prefix, as the official runs)
-    for k in range(3):
-        assert lrs[k] == pytest.approx(warm + (k + 1) * (peak - warm) / 4, rel=1e-5)
-    for k in range(3, 7):  # (after the last update timm would start a new cycle; that rate is never used)
-        assert lrs[k] == pytest.approx(low + 0.5 * (peak - low) * (1 + math.cos(math.pi * (k + 1) / total)), rel=1e-5)
+    # logged after update k + 1: the rate it ran at, the schedule's value at k. Warm-up is linear from warmup_lr;
+    # from then on the cosine runs over all updates (timm's CosineLRScheduler without warmup_prefix, as the
+    # official runs)
+    for k in range(4):
+        assert lrs[k] == pytest.approx(warm + k * (peak - warm) / 4, rel=1e-5)
+    for k in range(4, 8):
+        assert lrs[k] == pytest.approx(low + 0.5 * (peak - low) * (1 + math.cos(math.pi * k / total)), rel=1e-5)
 
 
 def test_eval_tool_reproduces_the_logged_accuracy_from_a_root_with_only_val(trained, tiny_demo_root, tmp_path):

@@ -12,7 +12,7 @@ with --resume auto; 3 halted on a non-finite loss or gradient norm (nothing writ
 import sys
 import time
 
-from . import config_parser, run
+from . import config_parser, init_timeout, run
 
 
 def main(argv=None):
@@ -45,7 +45,7 @@ def main(argv=None):
             return halt.exit_code
         return 0
 
-    return run(go, verbose=args.verbose)
+    return run(go, verbose=args.verbose, join_timeout=init_timeout(args))
 
 
 if __name__ == "__main__":

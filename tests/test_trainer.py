@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import tiny_train_opts
-from oneflow_posmlp.checkpoint import CheckpointError, save_weights
+from oneflow_posmlp.checkpoint import CheckpointError, read_oneflow_checkpoint, save_weights
 from oneflow_posmlp.checkpoint.oneflow_io import save_oneflow_weights
 from oneflow_posmlp.config import load_config
 from oneflow_posmlp.engine import Trainer
@@ -99,6 +99,22 @@ def test_init_from_converted_weights_with_another_head(tiny_demo_root, tmp_path,
     w = trainer.model.levels[0].encoder[0].proj_c_e.weight.numpy()
     assert np.array_equal(w, donor.levels[0].encoder[0].proj_c_e.weight.numpy())
     assert tuple(trainer.model.head.weight.shape) == (4, 128)
+
+
+def test_init_with_a_resume_says_once_that_the_resume_wins(trained, tiny_demo_root, tmp_path):
+    import shutil
+
+    _, out = trained
+    run = tmp_path / "run"
+    shutil.copytree(os.path.join(out, "last"), run / "last")
+    cfg = load_config("configs/demo.yaml", tiny_train_opts(tiny_demo_root))
+    donor = build_model(dict(cfg["model"], num_classes=10))
+    save_weights({k: v.numpy() for k, v in donor.state_dict().items()}, tmp_path / "w")
+    trainer = Trainer(cfg, output_dir=str(run), init=str(tmp_path / "w"), resume="auto")
+    resumed = read_oneflow_checkpoint(run / "last", tensor=lambda a: a)["model"]["head.weight"]
+    assert np.array_equal(trainer.model.head.weight.numpy(), resumed)  # the resumed weights, not the init's
+    log = (run / "log_rank0.txt").read_text()
+    assert log.count(f"--init {tmp_path / 'w'} is not used: --resume continues from {run / 'last'}") == 1, log
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(trained, tiny_demo_root, tmp_path):

@@ -58,12 +58,17 @@ class Trainer:
         check_graph_options(t, cfg["dist"])  # before any data is read
         self.out = output_dir or cfg["output"]["dir"]
         # checkpoints are read (safely, see checkpoint.oneflow_reader) before anything is written
-        init_arrays = load_weights(init)[0] if init else None
         resume_path, recovered = self._resume_path(resume)
         state = load_training_state(resume_path, cfg) if resume_path else None
+        ignored_init, init = (init, None) if init and state else (None, init)  # the resumed weights win
+        init_arrays = load_weights(init)[0] if init else None
         self.log = setup_logging(self.out, self.ctx.rank)
         if recovered:
             self.log.warning(recovered)
+        if ignored_init:
+            self.log.warning(f"--init {ignored_init} is not used: --resume continues from {resume_path} (its weights, "
+                             f"optimizer and counters); --init applies only to a run that starts fresh (a new "
+                             f"--output, or --resume auto before the first `last` is written)")
         self._seed(t["seed"])
 
         self.train_set, self.val_set = build_datasets(cfg)

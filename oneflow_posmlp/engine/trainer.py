@@ -6,7 +6,7 @@ Loop control at every update boundary (``engine/stop.py``, docs/cluster.md): a s
 ``train.max_minutes`` budget saves ``last`` and raises :class:`~oneflow_posmlp.engine.stop.TrainingStopped`
 (exit 75); a non-finite loss or gradient norm on any rank skips the update (``train.nonfinite: skip``) or raises
 :class:`~oneflow_posmlp.engine.stop.NonFiniteHalt` without writing anything; no checkpoint is written with
-non-finite values.
+non-finite values, nor from a model whose validation loss is not finite.
 
 One process or many (``python -m oneflow.distributed.launch``): see :class:`~oneflow_posmlp.parallel.ParallelContext`.
 """

@@ -1,23 +1,16 @@
-"""OneFlow environment defaults for CPU machines, set before ``import oneflow`` (OneFlow reads them then).
+"""Process settings OneFlow reads when it starts, set by the command-line tools (never by ``import oneflow_posmlp``).
 
-``ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD=0``: by default OneFlow 0.9.0's VM scheduler thread spins while a
-worker thread computes, so one process burns two cores for one core of work (OneFlow's CPU kernels are
-sequential). With ``0`` the scheduler thread computes itself: the same speed at half the CPU, which leaves
-the second core to a second data-parallel rank (docs/benchmark.md). Applied only on machines without an
-NVIDIA device node (a CPU-only machine), only when OneFlow is not imported yet, and never over a value the
-user set.
+:func:`prepare_process`, called by every entry point before ``import oneflow``, sets where they apply and never
+over a value the user set:
 
-``GLOG_minloglevel=2``: on a CPU-only machine OneFlow warns at start-up that the CUDA driver is missing (a glog
-warning); errors stay visible. Not over a value the user set, and not with ``POSMLP_VERBOSE=1`` (the tools'
-``--verbose``). The tools also hide OneFlow's ``libibverbs not available`` line (printed by its C++ code when
-it is imported, not through glog): :func:`import_oneflow_quietly`.
+- ``ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD=0`` on a CPU-only machine: OneFlow 0.9.0's scheduler thread computes
+  itself instead of spinning beside a worker, the same speed at half the CPU;
+- ``GLOG_minloglevel=2`` on a CPU-only machine (hides the missing-CUDA-driver warning; errors stay), not with
+  ``POSMLP_VERBOSE=1`` (``--verbose``); :func:`import_oneflow_quietly` also drops ``libibverbs not available``;
+- ``OPENBLAS_CORETYPE=Haswell`` on CPUs with AVX2 and FMA: OneFlow's static OpenBLAS does not recognise recent
+  Xeons and falls back to its SSE3 kernels, about half the sgemm speed.
 
-``OPENBLAS_CORETYPE=Haswell``: OneFlow 0.9.0 links a static OpenBLAS (a ``DYNAMIC_ARCH`` build without
-AVX-512 kernels) that does not recognise recent Xeons ("Core not found", with ``OPENBLAS_VERBOSE=2``) and
-falls back to its SSE3 ``Prescott`` kernels: sgemm at 20-27 GFLOP/s on this project's 2-core machines, 45-53
-with the AVX2 ``Haswell`` kernels, which every CPU with AVX2 and FMA runs. Set on CPUs with both flags (any
-machine: OneFlow's CPU matmuls use it), only when OneFlow is not imported yet and the user set no core type.
-numpy's OpenBLAS, if numpy is not imported yet, reads it too (here it also fell back to ``Prescott``).
+Measurements: docs/benchmark.md ("CPU process settings").
 """
 import glob
 import os
@@ -87,6 +80,19 @@ def set_verbose(environ=None):
     environ[VERBOSE] = "1"
     if environ.pop(_QUIET_SET, None):
         environ.pop(GLOG_LEVEL, None)
+
+
+def prepare_process(show_logs=False, environ=None):
+    """What a CPU run needs before OneFlow starts: ``show_logs`` (``--verbose``: :func:`set_verbose`), then
+    :func:`apply_cpu_defaults` and :func:`quiet_cpu_logs`. Called by the entry points (``cli.run``, ``tools/*.py``,
+    ``tests/conftest.py``); returns the names set."""
+    environ = os.environ if environ is None else environ
+    if show_logs:
+        set_verbose(environ)
+    done = apply_cpu_defaults(environ)
+    if quiet_cpu_logs(environ):
+        done.append(GLOG_LEVEL)
+    return done
 
 
 def import_oneflow_quietly():

@@ -9,7 +9,9 @@ is imported (the tools call it first: ``oneflow_posmlp.cli.run``):
 =============== ===============================================================================================
 ``RANK``        ``SLURM_PROCID``
 ``WORLD_SIZE``  ``SLURM_STEP_NUM_TASKS`` (the step's tasks), else ``SLURM_NTASKS``
-``LOCAL_RANK``  ``SLURM_LOCALID``
+``LOCAL_RANK``  ``0`` when ``CUDA_VISIBLE_DEVICES`` names one device (SLURM bound one GPU to the task:
+                ``--gpus-per-task=1``, ``--gpu-bind=single:1``), else ``SLURM_LOCALID`` (the task sees the
+                node's GPUs); OneFlow takes the process's device from it (:func:`local_rank`)
 ``MASTER_ADDR`` the first host of ``SLURM_STEP_NODELIST``, else of ``SLURM_JOB_NODELIST`` (``SLURM_NODELIST``),
                 compressed forms included (``node[01-04,07]``, ``a[1-2],b3``, ``rack[1-2]-gpu[01-08]``)
 ``MASTER_PORT`` ``MASTER_PORT`` if set, else ``12000 + SLURM_JOB_ID % 20000`` (below Linux's ephemeral ports; two
@@ -88,6 +90,18 @@ def _expand_group(group, text):
     return values
 
 
+def local_rank(env):
+    """This task's ``LOCAL_RANK``, OneFlow's index of its CUDA device among the devices it sees: ``"0"`` when
+    ``CUDA_VISIBLE_DEVICES`` names exactly one device (the task's own GPU, whatever its ``SLURM_LOCALID``), else
+    ``SLURM_LOCALID`` (None without it). OneFlow 0.9.0's placements put rank r on device r mod ranks-per-node
+    whatever this says, so a multi-rank run needs every task to see all GPUs of its node
+    (``oneflow_posmlp/parallel/devices.py``, docs/cluster.md)."""
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if len(visible) == 1:
+        return "0"
+    return env.get("SLURM_LOCALID")
+
+
 def slurm_env(environ=None):
     """The variables :func:`apply_slurm_env` would set (``{}`` when it does not apply). ValueError when SLURM's
     variables are inconsistent (a rank outside the world, no node list, a malformed one)."""
@@ -103,8 +117,9 @@ def slurm_env(environ=None):
         raise ValueError(f"SLURM_PROCID {rank} is outside the {world} tasks of the step")
     nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
     out = {"RANK": str(rank), "WORLD_SIZE": str(world)}
-    if "SLURM_LOCALID" in env:
-        out["LOCAL_RANK"] = env["SLURM_LOCALID"]
+    local = local_rank(env)
+    if local is not None:
+        out["LOCAL_RANK"] = local
     if "MASTER_ADDR" not in env:
         if not nodes:
             raise ValueError("SLURM_PROCID is set but no SLURM_JOB_NODELIST (or SLURM_STEP_NODELIST) to find rank "

@@ -1,9 +1,13 @@
 """Shared test configuration. ``import oneflow_posmlp`` must precede ``import oneflow`` (it preloads
-the cuDNN/cuBLAS libraries of the nvidia wheels)."""
+the cuDNN/cuBLAS libraries of the nvidia wheels); the test process (and the jobs it launches) then takes the CPU
+settings the tools set (``_env.prepare_process``), before any test imports OneFlow."""
 import os
 import pathlib
 
 import oneflow_posmlp  # noqa: F401  (before oneflow)
+from oneflow_posmlp._env import prepare_process
+
+prepare_process()
 import pytest
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"

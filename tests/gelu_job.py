@@ -1,4 +1,4 @@
-"""A launched job for tests/test_models_activation.py: the NumPy GELU on a global tensor split over 2 ranks
+"""A launched job for tests/test_cpu_kernels_gelu.py: the NumPy GELU on a global tensor split over 2 ranks
 (forward and backward) against OneFlow's gelu; each rank writes its largest differences to OUT/rank{r}.json."""
 import json
 import sys
@@ -6,7 +6,7 @@ import sys
 import oneflow_posmlp  # noqa: F401  (before oneflow)
 import oneflow as flow
 
-from oneflow_posmlp.models.activation import gelu, uses_numpy_path
+from oneflow_posmlp.cpu_kernels.gelu import gelu, uses_numpy_path
 
 out = sys.argv[1]
 P = flow.placement("cpu", ranks=[0, 1])

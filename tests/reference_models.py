@@ -25,6 +25,7 @@ import oneflow.nn as nn
 
 from conftest import reference_file
 from oneflow_posmlp.checkpoint import extract_state_dict, load_torch_checkpoint
+from oneflow_posmlp.cpu_kernels import apply_cpu_kernels
 from oneflow_posmlp.models import build_model
 from oneflow_posmlp.models.patch_embed import ConvPatchEmbed, ConvPatchMerging
 
@@ -44,11 +45,13 @@ def reference(name):
     return meta, vectors, state
 
 
-def build_reference_model(name, state=None):
-    """The OneFlow model of reference ``name`` holding ``state`` (default: the reference's weights), strictly."""
+def build_reference_model(name, state=None, cpu_kernels=False):
+    """The OneFlow model of reference ``name`` holding ``state`` (default: the reference's weights), strictly; with
+    ``cpu_kernels`` in the forms a CPU run takes (``oneflow_posmlp.cpu_kernels``), else the official ones."""
     meta, vectors, ref_state = reference(name)
     model = build_model(meta["config"]["model"])
     model.load_state_dict({k: flow.tensor(np.array(v)) for k, v in (state or ref_state).items()}, strict=True)
+    apply_cpu_kernels(model, cpu_kernels)
     return model, vectors
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import TINY_MODEL_CFG, tiny_train_opts
 from oneflow_posmlp.checkpoint import CheckpointError, UnsafeCheckpointError, load_weights, read_oneflow_checkpoint
-from oneflow_posmlp.checkpoint.convert import convert_torch_to_oneflow, export_oneflow_to_safetensors
+from oneflow_posmlp.conversion import convert_torch_to_oneflow, export_oneflow_to_safetensors
 from oneflow_posmlp.checkpoint.oneflow_io import save_oneflow_weights
 from oneflow_posmlp.config import load_config
 from oneflow_posmlp.engine import Trainer

@@ -9,8 +9,8 @@ import oneflow as flow
 import pytest
 
 from conftest import TINY_MODEL_CFG, tiny_train_opts
-from oneflow_posmlp.checkpoint import CheckpointError, save_weights
-from oneflow_posmlp.checkpoint.transfer import (bicubic_matrix, load_transferred, resize_grid, resize_relative_table,
+from oneflow_posmlp.checkpoint import CheckpointError, load_pretrained, save_weights
+from oneflow_posmlp.checkpoint.transfer import (bicubic_matrix, resize_grid, resize_relative_table,
                                                 transfer_windows, weights_windows)
 from oneflow_posmlp.config import load_config
 from oneflow_posmlp.models import build_model, create_model
@@ -106,7 +106,7 @@ def test_lrpe_gated_tensors_take_every_level_target_shape_and_load():
     assert len(lines) == 1 + len(report) and "windows [8, 4, 4, 2]" in lines[0] and "[4, 8, 2, 1]" in lines[0]
     assert any(line.startswith("weight transfer: resized 4 x window_relative_position_bias_table: [225, 2] -> "
                                "[49, 2] (level 0), [49, 4] -> [225, 4] (level 1)") for line in lines)
-    load_transferred(target, state)
+    load_pretrained(target, (state, {}))
     for i, w in enumerate([4, 8, 2, 1]):
         assert np.array_equal(target.levels[i].encoder[0].gate_unit.pos.window_relative_position_index.numpy(),
                               relative_position_index(w))
@@ -122,7 +122,7 @@ def test_gqpe_transferred_model_has_the_map_of_a_model_built_at_the_target_windo
     source = build_model(dict(TINY_MODEL_CFG))  # GQPE, windows 8-4-4-2 at 64 px
     target_cfg = dict(TINY_MODEL_CFG, img_size=128, win_size=[16, 8, 2, 4])  # another size and windows
     moved = build_model(target_cfg)
-    load_transferred(moved, state_of(source), log=lambda *_: None)
+    load_pretrained(moved, (state_of(source), {}), log=lambda *_: None)
     fresh = build_model(target_cfg)
     with flow.no_grad():
         for a, b in zip(source.modules(), fresh.modules()):
@@ -205,7 +205,7 @@ def test_what_else_does_not_fit_is_still_the_clear_error():
     state = state_of(build_model(dict(TINY_MODEL_CFG)))
     target = build_model(dict(TINY_MODEL_CFG, win_size=[4, 4, 2, 2], gamma=[4, 4, 8, 16]))
     with pytest.raises(CheckpointError, match="does not fit the model") as err:
-        load_transferred(target, state, log=lambda *_: None)
+        load_pretrained(target, (state, {}), log=lambda *_: None)
     msg = str(err.value)
     assert "levels.0.encoder.0.gate_unit.pos.attention_centers: checkpoint [2, 2], model [4, 2]" in msg
     assert "rel_indices" not in msg and "token_proj_n_bias" not in msg  # the windows were carried over
@@ -213,7 +213,7 @@ def test_what_else_does_not_fit_is_still_the_clear_error():
 
 def test_strict_loading_points_to_the_transfer():
     """The converter and other strict loads still refuse other windows, and say which loaders carry them over."""
-    from oneflow_posmlp.checkpoint.convert import load_into_model
+    from oneflow_posmlp.checkpoint import load_into_model
 
     with pytest.raises(CheckpointError, match=r"the weights have windows \[8, 4, 4, 2\], the model \[4, 4, 2, 2\]: "
                                               r"create_model\(weights=\), train --init"):
@@ -225,7 +225,7 @@ def test_stored_shift_masks_are_dropped_with_a_line():
     state["levels.0.encoder.0.shift_mask"] = np.zeros((4, 64, 64), np.float32)
     lines = []
     target = build_model(dict(TINY_MODEL_CFG, win_size=[4, 4, 2, 2]))
-    load_transferred(target, state, log=lines.append)
+    load_pretrained(target, (state, {}), log=lines.append)
     assert any(line.startswith("weight transfer: dropped 1 x shift_mask") for line in lines)
 
 

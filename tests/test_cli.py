@@ -109,9 +109,11 @@ def _log_lines(path):
     (["data.root=/nonexistent/data"], "error: data folder /nonexistent/data/train does not exist", False),  # after
 ])
 def test_an_error_at_start_is_the_first_line_of_the_ranks_log(tmp_path, capsys, opts, needle, existing):
-    """An error is written to the rank's log as its first line: always once the trainer opened the log; before that
-    into an output directory that exists (a new run's bad input creates nothing)."""
+    """An error is written to the rank's log as its first line after the version line (every log starts with it):
+    always once the trainer opened the log; before that into an output directory that exists (a new run's bad
+    input creates nothing)."""
     from oneflow_posmlp.cli import train as train_tool
+    from oneflow_posmlp.engine.logger import first_line
 
     out = tmp_path / "out"
     if existing:
@@ -121,7 +123,7 @@ def test_an_error_at_start_is_the_first_line_of_the_ranks_log(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(needle), err
     if existing or "dist.data_parallel=2" not in opts:
-        assert _log_lines(out / "log_rank0.txt") == [err[0]]
+        assert _log_lines(out / "log_rank0.txt") == [first_line(), err[0]]
     else:
         assert not out.exists()
 
@@ -130,9 +132,12 @@ def test_an_error_at_start_is_the_first_line_of_the_ranks_log(tmp_path, capsys, 
 def test_a_failing_multi_rank_start_writes_the_error_first_in_every_ranks_log(tmp_path):
     """Under oneflow.distributed.launch each rank prints its ``error:`` line, then the launcher ends the job and
     prints its own CalledProcessError traceback (docs/parallel.md); in the (existing) output directory every
-    rank's log_rank*.txt holds the error as its first line. (The layout check follows OneFlow's rendezvous, so
-    both ranks reach it together, before the launcher, which polls once a second, ends either.)"""
+    rank's log_rank*.txt holds the error as its first line after the version line. (The layout check follows
+    OneFlow's rendezvous, so both ranks reach it together, before the launcher, which polls once a second, ends
+    either.)"""
     import socket
+
+    from oneflow_posmlp.engine.logger import first_line
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -148,4 +153,4 @@ def test_a_failing_multi_rank_start_writes_the_error_first_in_every_ranks_log(tm
     assert lines[first_error].startswith(error) and first_error < lines.index("Traceback (most recent call last):")
     for rank in (0, 1):
         logged = _log_lines(tmp_path / f"log_rank{rank}.txt")
-        assert logged and logged[0].startswith(error), (rank, logged)
+        assert logged[:1] == [first_line()] and logged[1].startswith(error), (rank, logged)

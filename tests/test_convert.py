@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REFERENCE, REFERENCE_MODELS, TRAINED_LIKE_MODELS, reference_file
 from oneflow_posmlp.checkpoint import CheckpointError, load_safetensors, load_weights
-from oneflow_posmlp.checkpoint.convert import (VerificationError, convert_torch_to_oneflow,
+from oneflow_posmlp.conversion import (VerificationError, convert_torch_to_oneflow,
                                                export_oneflow_to_safetensors, verify)
 from oneflow_posmlp.checkpoint.oneflow_io import load_meta, load_oneflow_weights
 from oneflow_posmlp.models import build_model, create_model
@@ -82,7 +82,8 @@ def test_create_model_with_weights(tmp_path):
     model = create_model("posmlp_t", weights=tmp_path / "w.safetensors", **over)
     verified(model, "tiny_gqpe")
     assert model.weights_meta["model"]["embed_dims"] == [16, 32, 64, 128]
-    with pytest.raises(CheckpointError, match="shape mismatch: patch_embed.projs.0.weight"):
+    with pytest.raises(CheckpointError, match=r"w.safetensors: the checkpoint is of another model \(model.depths: "
+                                              r"checkpoint \[1, 1, 2, 1\], config \[2, 2, 18, 2\]\)"):
         create_model("posmlp_t", weights=tmp_path / "w.safetensors")
     other = create_model("posmlp_t", weights=tmp_path / "w.safetensors", **dict(over, num_classes=3))
     assert tuple(other.head.weight.shape) == (3, 128)  # another classifier: freshly initialised, the rest loaded

@@ -15,7 +15,7 @@ import pytest
 from conftest import TRAINED_LIKE_MODELS, reference_file
 from reference_models import compare, reference
 from oneflow_posmlp.checkpoint import load_weights
-from oneflow_posmlp.checkpoint.convert import VerificationError, convert_torch_to_oneflow, verify
+from oneflow_posmlp.conversion import VerificationError, convert_torch_to_oneflow, verify
 from oneflow_posmlp.models import build_model
 from oneflow_posmlp.models.token_mixing import group_major_order
 

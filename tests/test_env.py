@@ -1,5 +1,7 @@
-"""oneflow_posmlp/_env.py: the CPU defaults (ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD, quiet OneFlow logs), never over
+"""oneflow_posmlp/_env.py: ``import oneflow_posmlp`` changes no environment variable and installs no import hook; the
+tools set the CPU defaults (ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD, OPENBLAS_CORETYPE, quiet OneFlow logs), never over
 the user's; the tools' quiet start-up and ``--verbose``."""
+import json
 import os
 import subprocess
 import sys
@@ -8,20 +10,45 @@ import pytest
 
 from oneflow_posmlp import _env
 
-CODE = "import os, oneflow_posmlp; print(os.environ.get('ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD', 'unset'))"
+CPU_KEYS = (_env.VM_WORKER, _env.CORETYPE, _env.GLOG_LEVEL, _env._QUIET_SET, _env.VERBOSE)
+SIDE_EFFECTS = """
+import json, os, sys
+env, hooks = dict(os.environ), list(sys.meta_path)
+import oneflow_posmlp
+print(json.dumps({"changed": sorted(k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k)),
+                  "hooks": [repr(f) for f in sys.meta_path if f not in hooks],
+                  "oneflow": "oneflow" in sys.modules}))
+"""
+TOOL_SETTINGS = """
+import os
+from oneflow_posmlp.cli import run
+run(lambda: print(os.environ.get("ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD", "unset"), os.environ.get("OPENBLAS_CORETYPE")))
+"""
 
 
-def _import_and_read(env_value):
-    env = {k: v for k, v in os.environ.items() if k != _env.VM_WORKER}
-    if env_value is not None:
-        env[_env.VM_WORKER] = env_value
-    return subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True,
-                          timeout=120).stdout.strip()
+def _python(code, **env_values):
+    env = {k: v for k, v in os.environ.items() if k not in CPU_KEYS}
+    env.update(env_values)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().splitlines()[-1]
 
 
-def test_import_sets_the_cpu_default_but_keeps_the_users_setting():
-    assert _import_and_read(None) == ("0" if _env.cpu_only_machine() else "unset")
-    assert _import_and_read("1") == "1"
+def test_importing_the_package_changes_no_environment_variable_and_installs_no_import_hook():
+    assert json.loads(_python(SIDE_EFFECTS)) == {"changed": [], "hooks": [], "oneflow": False}
+
+
+def test_importing_the_models_registers_them_in_flowvision_as_timm_models_do():
+    code = ("import oneflow_posmlp.models\nfrom flowvision.models import ModelCreator\n"
+            "print(sorted(ModelCreator.model_list('posmlp*')))")
+    assert _python(code) == str(["posmlp_b", "posmlp_s", "posmlp_t", "posmlp_t_384"])
+
+
+def test_the_tools_set_the_cpu_defaults_before_oneflow_starts_but_keep_the_users_settings():
+    vm, core = _python(TOOL_SETTINGS).split()
+    assert vm == ("0" if _env.cpu_only_machine() else "unset")
+    assert core == ("Haswell" if {"avx2", "fma"} <= _env.cpu_flags() else "None")
+    assert _python(TOOL_SETTINGS, ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD="1", OPENBLAS_CORETYPE="Zen").split() == ["1", "Zen"]
 
 
 def test_defaults_need_oneflow_not_imported_and_a_cpu_only_machine(monkeypatch):
@@ -81,13 +108,6 @@ def test_openblas_core_type_needs_avx2_and_fma_and_keeps_the_users(monkeypatch):
     assert _env.apply_cpu_defaults(user) == [] and user == {_env.CORETYPE: "Prescott"}
     monkeypatch.setattr(_env, "cpu_flags", lambda: {"sse2", "avx"})  # no AVX2: OpenBLAS's own choice stays
     assert _env.apply_cpu_defaults({}) == []
-
-
-def test_import_sets_the_core_type_only_with_avx2_and_fma():
-    env = {k: v for k, v in os.environ.items() if k != _env.CORETYPE}
-    out = subprocess.run([sys.executable, "-c", "import os, oneflow_posmlp; print(os.environ.get('OPENBLAS_CORETYPE'))"],
-                         env=env, capture_output=True, text=True, timeout=120).stdout.strip()
-    assert out == ("Haswell" if {"avx2", "fma"} <= _env.cpu_flags() else "None")
 
 
 @pytest.mark.skipif(not _env.cpu_only_machine(), reason="an NVIDIA device node exists (/dev/nvidia*): the CUDA "

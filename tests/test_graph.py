@@ -9,6 +9,7 @@ import numpy as np
 import oneflow as flow
 
 from conftest import TINY_MODEL_CFG
+from oneflow_posmlp.cpu_kernels import apply_cpu_kernels
 from oneflow_posmlp.engine.graph import EvalGraph, TrainGraph, clip_param_groups
 from oneflow_posmlp.models import build_model
 
@@ -18,6 +19,7 @@ def _setup():
     # stem_norm LN: a conv bias right before BatchNorm has a true gradient of 0, and AdamW turns the rounding
     # noise left in it into +-lr steps that differ between any two execution orders (seen: 2e-3 after 3 steps)
     model = build_model(dict(TINY_MODEL_CFG, img_size=32, win_size=[4, 4, 2, 1], stem_norm="LN"))
+    apply_cpu_kernels(model)  # as a CPU run (ParallelContext.apply): the kernels' graph forms compile too
     opt = flow.optim.AdamW(clip_param_groups(model, 0.05, clip_grad=0.5), lr=1e-3)
     return model, opt
 
@@ -69,7 +71,7 @@ def test_train_graph_equals_eager_step():
 def test_train_graph_accumulates_micro_batches():
     """A one-process graph with gradient accumulation (``train.grad_accum_steps=2``) compiles and equals eager
     accumulation (each micro-batch's loss / 2, one update). OneFlow 0.9.0 aborted such a graph while the CPU
-    LayerNorm used the BatchNorm kernel (models/norm.py)."""
+    LayerNorm used the BatchNorm kernel (cpu_kernels/layer_norm.py)."""
     rng = np.random.default_rng(1)
     x = flow.tensor(rng.standard_normal((8, 3, 32, 32)).astype(np.float32))
     y = flow.tensor(rng.integers(0, 5, 8))
@@ -118,3 +120,25 @@ def test_graph_step_returns_the_eager_steps_gradient_norm_before_clipping(tiny_d
         norms[mode] = got
     assert len(norms["graph"]) == 3 and min(norms["eager"]) > 1.0
     np.testing.assert_allclose(norms["graph"], norms["eager"], rtol=1e-5)
+
+
+def update_ops(graph):
+    """``{op name: input names}`` of the optimizer update ops in a compiled graph's plan (after OneFlow's passes)."""
+    ops = graph._compiled_graph_proto.net.op
+    return {op.name: sorted(op.user_conf.input) for op in ops
+            if op.HasField("user_conf") and op.user_conf.op_type_name.endswith("_update")}
+
+
+def test_compiled_update_ops_keep_the_loss_scalers_skip_and_scale():
+    """With the fusions the train graph turns on, every AdamW update op of the compiled plan still takes the loss
+    scaler's ``skip_if`` (a step with non-finite gradients is not applied) and ``scale_by_tensor`` (1 / scale)."""
+    model, opt = _setup()
+    graph = TrainGraph(model, flow.nn.CrossEntropyLoss(), opt)
+    x, y = _batches()[0]
+    graph(x, y)
+    ops = update_ops(graph)
+    assert len(ops) == len(list(model.parameters()))
+    assert all({"skip_if", "scale_by_tensor"} <= set(inputs) for inputs in ops.values()), ops
+    proto = graph.config.proto
+    assert proto.enable_fuse_model_update_ops and proto.enable_fuse_add_to_output and proto.enable_fuse_cast_scale
+    assert not proto.enable_multi_tensor_update and not proto.enable_fused_model_update_cast

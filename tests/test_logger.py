@@ -45,13 +45,16 @@ def test_an_error_line_goes_to_the_named_log_first_and_is_appended_to_an_open_on
     path = logger.log_error("error: dist layout does not fit")
     assert path == str(tmp_path / "run" / "log_rank3.txt")
     lines = open(path).read().splitlines()
-    assert len(lines) == 1 and re.fullmatch(r"\d\d:\d\d:\d\d \[rank 3\] error: dist layout does not fit", lines[0])
+    assert len(lines) == 2 and re.fullmatch(r"\d\d:\d\d:\d\d \[rank 3\] error: dist layout does not fit", lines[1])
+    assert lines[0].endswith(f"[rank 3] {logger.first_line()}")  # a log the error starts names the version first
+    assert logger.log_error("error: a second line") == path  # an existing log: appended, no second version line
+    assert len(open(path).read().splitlines()) == 3
     # once the run's log is open, the error line follows what it logged, in its format
     log = logger.setup_logging(str(tmp_path / "other"), 1)
     log.info("model custom: 88,253 parameters")
     logger.log_error("error: data folder x does not exist")
     lines = open(tmp_path / "other" / "log_rank1.txt").read().splitlines()
-    assert [line.split("] ", 1)[1] for line in lines] == ["model custom: 88,253 parameters",
+    assert [line.split("] ", 1)[1] for line in lines] == [logger.first_line(), "model custom: 88,253 parameters",
                                                          "error: data folder x does not exist"]
     logger.forget_log()  # the next tool in this process: the previous run's log is not its log
     assert logger.log_error("error: later") is None

@@ -15,9 +15,10 @@ from oneflow_posmlp.models import build_model
 from oneflow_posmlp.models.token_mixing import quadratic_relative_indices, relative_position_index
 
 
+@pytest.mark.parametrize("cpu_kernels", [False, True], ids=["official", "cpu-kernels"])
 @pytest.mark.parametrize("name", ALL_REFERENCE_MODELS)
-def test_eval_train_outputs_and_every_gradient_equal_official(name):
-    model, vectors = build_reference_model(name)
+def test_eval_train_outputs_and_every_gradient_equal_official(name, cpu_kernels):
+    model, vectors = build_reference_model(name, cpu_kernels=cpu_kernels)
     assert compare(model, vectors) == {}
 
 

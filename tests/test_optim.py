@@ -1,5 +1,6 @@
 """engine/optim.py: timm's parameter groups, clipping by one global norm or by group, and the AdamW whose
 graph clips by one global norm (its equivalence to the official run is in test_recipe_equivalence.py)."""
+import copy
 import math
 
 import numpy as np
@@ -68,3 +69,18 @@ def test_graph_global_clip_adamw_refuses_groups_it_cannot_merge():
               {"params": [net.fc.bias, net.norm.weight, net.norm.bias], "weight_decay": 0.01}]
     with pytest.raises(Exception, match="one graph optimizer conf holds one weight decay"):
         _Step(net, GraphGlobalClipAdamW(groups, lr=1e-3))(flow.ones(2, 3))
+
+
+def test_adamw_keeps_its_own_fused_choice_when_loading_a_checkpoint():
+    """A GPU run's optimizer state (``fused: True``) resumes on CPU, whose AdamW has no fused kernel, and steps."""
+    from oneflow_posmlp.engine.optim import AdamW, fusable
+
+    model = flow.nn.Linear(3, 2)
+    opt = AdamW(model.parameters(), lr=0.1)
+    assert not fusable(model.parameters()) and opt.param_groups[0]["fused"] is False
+    saved = copy.deepcopy(opt.state_dict())  # (state_dict shares the live options)
+    saved["param_groups"][0]["_options"]["fused"] = True  # as written by an eager CUDA run
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["fused"] is False
+    model(flow.ones(1, 3)).sum().backward()
+    opt.step()

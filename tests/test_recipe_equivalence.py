@@ -37,6 +37,7 @@ from oneflow_posmlp.data import build_train_criterion
 from oneflow_posmlp.engine.graph import TrainGraph
 from oneflow_posmlp.engine.optim import build_ema, build_optimizer, clip_gradients
 from oneflow_posmlp.engine.schedule import build_scheduler
+from oneflow_posmlp.cpu_kernels import apply_cpu_kernels
 from oneflow_posmlp.models import build_model
 
 RECIPES = FIXTURES / "reference" / "recipe"
@@ -92,9 +93,10 @@ def state_of(vectors, prefix):
     return {k[len(prefix):]: vectors[k] for k in vectors.files if k.startswith(prefix)}
 
 
-def build_case_model(cfg, vectors):
+def build_case_model(cfg, vectors, cpu_kernels=False):
     model = build_model(cfg["model"])
     model.load_state_dict({k: flow.tensor(v) for k, v in state_of(vectors, "init/").items()}, strict=True)
+    apply_cpu_kernels(model, cpu_kernels)  # the official forms, or the CPU kernels a CPU run takes
     model.train()
     return model
 
@@ -119,11 +121,11 @@ def batches(vectors, updates):
         yield flow.tensor(inputs[u % len(inputs)]), flow.tensor(targets[u % len(targets)])
 
 
-def train_eager(cfg, vectors, updates):
+def train_eager(cfg, vectors, updates, cpu_kernels=False):
     """The recipe run by the trainer's parts, in the trainer's order: forward, loss, backward, clip, AdamW
     step, the schedule moved to the next update, EMA update. Returns ``(model, ema, lrs, losses, norms)``."""
     t = cfg["train"]
-    model = build_case_model(cfg, vectors)
+    model = build_case_model(cfg, vectors, cpu_kernels)
     lr = scaled_lr(cfg)
     optimizer = build_optimizer(model, t, lr)
     scheduler = build_scheduler(optimizer, t, lr, len(vectors["inputs"]))
@@ -143,10 +145,10 @@ def train_eager(cfg, vectors, updates):
     return model, ema.module, lrs, losses, norms
 
 
-def train_graph(cfg, vectors, updates):
+def train_graph(cfg, vectors, updates, cpu_kernels=False):
     """The same recipe in a :class:`TrainGraph` (schedule and per-group clipping inside the graph)."""
     t = cfg["train"]
-    model = build_case_model(cfg, vectors)
+    model = build_case_model(cfg, vectors, cpu_kernels)
     lr = scaled_lr(cfg)
     optimizer = build_optimizer(model, t, lr, graph=True, clip_scope=t["clip_scope"])
     scheduler = build_scheduler(optimizer, t, lr, len(vectors["inputs"]))
@@ -183,13 +185,14 @@ def test_recipe_fixture_present():
         assert pathlib.Path(EXTRA).is_dir(), f"POSMLP_RECIPE_REFS={EXTRA} is not a folder of NAME.json + NAME.npz"
 
 
+@pytest.mark.parametrize("cpu_kernels", [False, True], ids=["official", "cpu-kernels"])
 @pytest.mark.parametrize("meta_path", CASES)
-def test_eager_recipe_equals_official_update_by_update(meta_path, tmp_path):
+def test_eager_recipe_equals_official_update_by_update(meta_path, cpu_kernels, tmp_path):
     meta, vectors = load_case(meta_path)
     cfg = recipe_config(meta, tmp_path)
     updates = len(vectors["lr"])
     assert updates == meta["recipe"]["epochs"] * len(vectors["inputs"])
-    model, ema, lrs, losses, norms = train_eager(cfg, vectors, updates)
+    model, ema, lrs, losses, norms = train_eager(cfg, vectors, updates, cpu_kernels)
     np.testing.assert_allclose(lrs, vectors["lr"], rtol=LR_RTOL, atol=0)
     np.testing.assert_allclose(losses, vectors["loss"], rtol=0, atol=LOSS_ATOL)
     np.testing.assert_allclose(norms, vectors["grad_norm"], rtol=NORM_RTOL, atol=0)
@@ -222,14 +225,15 @@ def test_exempt_biases_are_the_stem_convolutions(tmp_path):
     assert bn_fed_conv_biases(cfg, vectors) == {f"patch_embed.projs.{i}.bias" for i in range(3)}
 
 
+@pytest.mark.parametrize("cpu_kernels", [False, True], ids=["official", "cpu-kernels"])
 @pytest.mark.parametrize("meta_path", CASES)
-def test_graph_recipe_with_global_clipping_equals_official(meta_path, tmp_path):
+def test_graph_recipe_with_global_clipping_equals_official(meta_path, cpu_kernels, tmp_path):
     """``train.graph=true train.clip_scope=global``: the staircase schedule and one clipping norm inside the
     graph (``GraphGlobalClipAdamW``), held to the eager tolerances. A graph does not return the gradient norm
     or expose its lr; the losses of every update show both (the per-update schedule is 0.1 off, see above)."""
     meta, vectors = load_case(meta_path)
     cfg = recipe_config(meta, tmp_path, graph=True, clip_scope="global")
-    model, ema, losses = train_graph(cfg, vectors, len(vectors["lr"]))
+    model, ema, losses = train_graph(cfg, vectors, len(vectors["lr"]), cpu_kernels)
     np.testing.assert_allclose(losses, vectors["loss"], rtol=0, atol=LOSS_ATOL)
     exempt = bn_fed_conv_biases(cfg, vectors)
     start, lr_sum = state_of(vectors, "init/"), float(np.sum(vectors["lr"]))

@@ -52,6 +52,18 @@ def test_srun_variables_map_to_oneflows():
     assert "MASTER_ADDR" not in given and "MASTER_PORT" not in given  # what is set stays
 
 
+@pytest.mark.parametrize("visible,local", [
+    (None, "1"),             # no binding: the task sees the node's GPUs, its device is its local id
+    ("0,1,2,3", "1"),        # all of the node's GPUs visible (sbatch --gpus-per-node=4)
+    ("5", "0"),              # one GPU bound to the task (--gpus-per-task=1, --gpu-bind=single:1): it is device 0
+    ("GPU-8f2c4e10", "0"),   # ... named by UUID
+    ("", "1"),               # no GPU at all (a CPU run): the local id
+])
+def test_local_rank_follows_the_visible_devices(visible, local):
+    env = dict(SRUN) if visible is None else dict(SRUN, CUDA_VISIBLE_DEVICES=visible)
+    assert slurm_env(env)["LOCAL_RANK"] == local
+
+
 @pytest.mark.parametrize("env", [{}, dict(SRUN, RANK="0"), dict(SRUN, WORLD_SIZE="8"), {"SLURM_JOB_ID": "5"}])
 def test_nothing_is_mapped_under_a_launcher_or_outside_slurm(env):
     environ = dict(env)

@@ -11,7 +11,10 @@ try:  # first: re-run under .venv/bin/python when this Python lacks OneFlow (too
     import _python  # noqa: F401
 except ImportError:  # loaded from elsewhere (runpy, importlib): that Python runs the package already
     pass
-import oneflow_posmlp  # noqa: F401  (before oneflow)
+import oneflow_posmlp  # noqa: F401  (before oneflow: makes the CUDA libraries loadable)
+from oneflow_posmlp._env import prepare_process
+
+prepare_process()  # the CPU settings OneFlow reads when it starts
 from oneflow_posmlp.bench.token_mixing import main
 
 if __name__ == "__main__":

@@ -9,10 +9,14 @@ try:  # first: re-run under .venv/bin/python when this Python lacks OneFlow (too
     import _python  # noqa: F401
 except ImportError:  # loaded from elsewhere (runpy, importlib): that Python runs the package already
     pass
-import oneflow_posmlp  # noqa: F401  (before oneflow)
+import oneflow_posmlp  # noqa: F401  (before oneflow: makes the CUDA libraries loadable)
+from oneflow_posmlp._env import prepare_process
+
+prepare_process()  # the CPU settings OneFlow reads when it starts
 import oneflow as flow
 
 from oneflow_posmlp.config import ConfigError
+from oneflow_posmlp.cpu_kernels import apply_cpu_kernels
 from oneflow_posmlp.models import create_model, list_models
 
 
@@ -23,6 +27,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         model = create_model(args.model).eval()
+        apply_cpu_kernels(model)  # a CPU run (POSMLP_CPU_KERNELS=0: the official forms)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
     params = sum(p.numel() for p in model.parameters())

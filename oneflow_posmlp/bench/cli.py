@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 
-from oneflow_posmlp.cli import add_verbose, run
+from oneflow_posmlp.cli import add_verbose, add_version, config_help, run
 
 MODES = "train-eager,train-graph,eval-eager,eval-graph"
 MODEL_HELP = "a registry name: {names}"
@@ -31,6 +31,7 @@ class _Parser(argparse.ArgumentParser):
     def format_help(self):
         from oneflow_posmlp import _env
 
+        _env.prepare_process()
         _env.import_oneflow_quietly()
         from oneflow_posmlp.models import list_models
 
@@ -44,8 +45,8 @@ def parse_args(argv=None):
     p = _Parser(description=__doc__.splitlines()[0])
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help=MODEL_HELP.format(names="see --help"))
-    which.add_argument("--config", help="a YAML config: its model: section is benchmarked, its train: section "
-                                        "builds the optimizer and the step")
+    which.add_argument("--config", help=config_help() + "; its model: section is benchmarked, its train: "
+                                                        "section builds the optimizer and the step")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                    help="dotted overrides of the config (or of the schema defaults with --model), "
                         "e.g. train.weight_decay=0.05 train.grad_accum_steps=2")
@@ -70,6 +71,7 @@ def parse_args(argv=None):
                         "machine; default wall)")
     p.add_argument("--json", metavar="PATH", help="write the results here")
     add_verbose(p)
+    add_version(p)
     args = p.parse_args(argv)
     if args.img_size is not None and len(args.img_size) not in (1, 2):
         p.error(f"--img-size takes one value or two (height width), got {len(args.img_size)}")

@@ -16,8 +16,8 @@ machine without a CUDA driver in OneFlow 0.9.0.
 
 Kinds and what their exclusive time holds:
 
-- the layers: ``LayerNorm`` (the CPU-fast ``models/norm.py`` one too: normalisation and affine), ``BatchNorm2d``,
-  ``Linear`` (with the group-major weight gather of ``models.layers.Linear``), ``Conv2d`` (with its CPU bias
+- the layers: ``LayerNorm`` (the CPU kernel's too: normalisation and affine), ``BatchNorm2d``,
+  ``Linear`` (with the group-major weight gather of ``cpu_kernels.group_major.GatheredLinear``), ``Conv2d`` (with its CPU bias
   add), ``GELU``, ``drop path`` (the per-sample scaling), ``dropout``;
 - ``token mixing``: the group-wise batched matmuls and their permutes,
   :class:`~oneflow_posmlp.models.token_mixing.GroupMix` (a parameterless module the positional maps call, so

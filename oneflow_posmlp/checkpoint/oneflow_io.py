@@ -6,7 +6,7 @@ import os
 from .atomic import atomic_path
 from .errors import CheckpointError, disk_full_error
 from .oneflow_reader import is_oneflow_checkpoint, read_oneflow_checkpoint
-from .weights import META_NAME
+from .weights import META_NAME, with_version
 
 __all__ = ["save_oneflow_weights", "load_oneflow_weights", "load_meta", "is_oneflow_checkpoint"]
 
@@ -20,7 +20,7 @@ def save_oneflow_weights(state_dict, dst, meta=None):
             flow.save(state_dict, tmp)
             if meta is not None:
                 with open(os.path.join(tmp, META_NAME), "w") as f:
-                    json.dump(meta, f, indent=2, sort_keys=True, default=str)
+                    json.dump(with_version(meta), f, indent=2, sort_keys=True, default=str)
     except OSError as err:
         full = disk_full_error(err, dst, sum(v.nelement() * v.element_size() for v in state_dict.values()))
         if full is None:

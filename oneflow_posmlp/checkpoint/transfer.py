@@ -29,8 +29,7 @@ align_corners=False)`` computes the same (to float32 rounding; tests/test_checkp
 
 The windows of the weights are read from the tensors' shapes (metadata may be absent, e.g. official files).
 Nothing is silent: one log line per kind of key resized, rebuilt or dropped. Anything else that does not fit
-(another depth, width, gamma, GQPE vs LRPE) is left as it is, so :func:`.convert.load_into_model` reports it as
-before.
+(another depth, width, gamma, GQPE vs LRPE) is left as it is, so :func:`.load.load_pretrained` reports it.
 """
 import collections
 import logging
@@ -38,6 +37,8 @@ import math
 import re
 
 import numpy as np
+
+from ..positions import quadratic_relative_indices, relative_position_index
 
 _LOG = logging.getLogger(__name__)
 _A = -0.75  # PyTorch's (and Swin's) bicubic coefficient
@@ -107,14 +108,10 @@ def resize_token_pair_map(weight, win):
 
 
 def _gqpe_rel_indices(arr, win):
-    from ..models.token_mixing import quadratic_relative_indices
-
     return quadratic_relative_indices(win, generalized=arr.shape[-1] == 5)
 
 
 def _lrpe_index(arr, win):
-    from ..models.token_mixing import relative_position_index
-
     return relative_position_index(win)
 
 
@@ -185,7 +182,7 @@ def transfer_windows(state, win_size, log=None):
     every level whose window differs are rebuilt, resized or dropped (module docstring); ``report`` is
     ``{kind: {"action", "count", "shapes"}}``, empty when nothing changed. ``log`` (default: this module's
     logger at WARNING: the weights were altered) gets one line per kind. Keys that fit nothing here are left as
-    they are for :func:`.convert.load_into_model` to check.
+    they are for :func:`.load.load_into_model` to check.
     """
     log = _LOG.warning if log is None else log
     win_size = list(win_size)
@@ -223,14 +220,3 @@ def _describe(name, entry):
                         f"{', '.join(str(v) for v in sorted(set(lv)))})"
                         for (a, b), lv in entry["shapes"].items())
     return f"weight transfer: {entry['action']} {entry['count']} x {name}: {changes}; {entry['how']}"
-
-
-def load_transferred(model, state, allow_head_mismatch=False, log=None):
-    """:func:`transfer_windows` to ``model``'s windows, then the strict :func:`.convert.load_into_model`.
-    Returns ``(dropped head keys, transfer report)``; the report is also kept as ``model.weights_transfer``."""
-    from .convert import load_into_model
-
-    state, report = transfer_windows(state, model.config["win_size"], log=log)
-    dropped = load_into_model(model, state, allow_head_mismatch=allow_head_mismatch)
-    model.weights_transfer = report
-    return dropped, report

@@ -16,6 +16,7 @@ from .safetensors_io import is_safetensors, load_safetensors, save_safetensors
 META_NAME = "posmlp_meta.json"  # the sidecar of OneFlow weight directories written by earlier versions
 # metadata values are strings in safetensors; these hold JSON
 JSON_KEYS = ("model", "dropped_keys", "classes")
+VERSION_KEY = "posmlp_version"  # the version of oneflow-posmlp that wrote a file (weights, training checkpoints)
 
 
 def encode_metadata(meta):
@@ -42,8 +43,17 @@ def decode_metadata(meta, where=""):
 
 
 def save_weights(arrays, path, meta=None):
-    """``{name: np.ndarray}`` to the safetensors file ``path`` (written completely, then renamed)."""
-    save_safetensors(arrays, path, metadata=encode_metadata(meta or {}))
+    """``{name: np.ndarray}`` to the safetensors file ``path`` (written completely, then renamed); the header's
+    metadata is ``meta`` plus ``posmlp_version``, the version that wrote it."""
+    save_safetensors(arrays, path, metadata=encode_metadata(with_version(meta)))
+
+
+def with_version(meta):
+    """``meta`` plus ``posmlp_version``: the version of oneflow-posmlp writing it (the metadata of every file of
+    weights or checkpoint it writes)."""
+    from .. import __version__
+
+    return {**(meta or {}), VERSION_KEY: __version__}
 
 
 def load_weights(path, ema=False):

@@ -17,11 +17,11 @@ checkpoint such as OUTPUT/best) is read by a restricted reader that runs nothing
 import argparse
 import sys
 
-from . import add_verbose, run
+from . import add_verbose, add_version, config_help, run
 
 
 def main(argv=None):
-    from ..checkpoint.convert import VERIFY_ATOL, VERIFY_RTOL  # (numpy, no OneFlow: --help stays quick)
+    from ..conversion import VERIFY_ATOL, VERIFY_RTOL  # (numpy, no OneFlow: --help stays quick)
     from ..config.model import list_models  # no OneFlow: the registry for --help
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -30,8 +30,8 @@ def main(argv=None):
     p.add_argument("--dst", required=True, help="output (OneFlow directory, or .safetensors when exporting)")
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--model", help=f"registered model name: {', '.join(list_models())}")
-    arch.add_argument("--config", help="YAML config whose model: section gives the architecture (validated as for "
-                                       "training)")
+    arch.add_argument("--config", help=config_help() + "; its model: section gives the architecture (validated "
+                                                       "as for training)")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                    help="dotted overrides of --config, e.g. model.num_classes=10")
     p.add_argument("--num-classes", type=int, help="override model.num_classes (with --allow-head-mismatch)")
@@ -49,6 +49,7 @@ def main(argv=None):
     p.add_argument("--allow-head-mismatch", action="store_true",
                    help="drop classifier (head.*) weights that do not fit, e.g. to fine-tune on other classes")
     add_verbose(p)
+    add_version(p)
     args = p.parse_args(argv)
     if args.opts and not args.config:
         p.error("--opts overrides a config: give it with --config")
@@ -56,7 +57,7 @@ def main(argv=None):
         p.error("--num-classes needs --model or --config")
 
     def go():
-        from ..checkpoint.convert import VerificationError, convert_torch_to_oneflow, export_oneflow_to_safetensors, verify
+        from ..conversion import VerificationError, convert_torch_to_oneflow, export_oneflow_to_safetensors, verify
         from ..checkpoint.oneflow_io import is_oneflow_checkpoint
 
         try:

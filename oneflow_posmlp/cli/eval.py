@@ -5,7 +5,7 @@
 
 WEIGHTS: a safetensors file (posmlp-convert) or a training checkpoint directory (read by a restricted reader:
 nothing in it runs); weights of other windows than the config's model are carried over
-(``oneflow_posmlp.checkpoint.transfer``, one stderr line per kind of change). Only the validation split
+(``oneflow_posmlp.checkpoint.load_pretrained``, one stderr line per kind of change). Only the validation split
 (``data.root/data.val_split``) is read.
 """
 import json
@@ -30,15 +30,14 @@ def main(argv=None):
 
     def go():
         from ..checkpoint import load_weights
-        from ..checkpoint.transfer import transfer_windows
         from ..config import load_config
         from ..engine import evaluate_weights
 
         cfg = load_config(args.config, args.opts)
-        weights, _ = load_weights(args.weights, ema=args.ema)
-        # weights of other windows (trained at another resolution) are carried over, each change on stderr
-        weights, _ = transfer_windows(weights, cfg["model"]["win_size"], log=note)
-        res, ctx = evaluate_weights(cfg, weights)  # the model, its layout and the validation split: no training data
+        weights = load_weights(args.weights, ema=args.ema)  # read (safely) before any data
+        # the model, its layout and the validation split (no training data); weights of other windows (trained at
+        # another resolution) are carried over, each change on stderr
+        res, ctx = evaluate_weights(cfg, weights, source=args.weights, log=note)
         if ctx.is_main:
             print(json.dumps({"top1": round(res["top1"], 3), "top5": round(res["top5"], 3),
                               "loss": round(res["loss"], 5), "images": res["count"]}))

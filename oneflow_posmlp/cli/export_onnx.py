@@ -25,9 +25,8 @@ def main(argv=None):
         p.error("--batch-size must be at least 1")
 
     def go():
-        from ..checkpoint import load_weights
-        from ..checkpoint.convert import load_into_model
-        from ..checkpoint.transfer import load_transferred
+        from ..checkpoint import load_into_model, load_pretrained, load_weights
+        from ..checkpoint.load import CONFIG_HEAD_FIX
         from ..config import load_config
         from ..export.onnx import OnnxUnavailable, export_onnx, import_oneflow_onnx
         from ..models import build_model
@@ -40,8 +39,8 @@ def main(argv=None):
         cfg = load_config(args.config, list(args.opts))
         model = build_model(cfg["model"])
         if args.weights:
-            weights, _ = load_weights(args.weights, ema=args.ema)  # nothing in the file runs
-            load_transferred(model, weights, log=lambda line: print(line, file=sys.stderr))  # other windows
+            load_pretrained(model, load_weights(args.weights, ema=args.ema), source=args.weights, head_fix=CONFIG_HEAD_FIX,
+                            log=lambda line: print(line, file=sys.stderr))  # nothing in the file runs; other windows
         if args.features_only:
             backbone = build_model(cfg["model"], features_only=True)
             state = {k: v.numpy() for k, v in model.state_dict().items() if k in backbone.state_dict()}

@@ -24,9 +24,10 @@ def main(argv=None):
         p.error("--topk and --batch-size must be at least 1")
 
     def go():
+        from ..checkpoint.load import CONFIG_HEAD_FIX, load_pretrained
         from ..checkpoint import load_weights
-        from ..checkpoint.transfer import load_transferred
         from ..config import load_config
+        from ..cpu_kernels import apply_cpu_kernels
         from ..data import create_eval_transform, resolve_data_config
         from ..models import build_model
         from ..predict import check_names, class_names, collect_images, format_table, predict
@@ -39,8 +40,9 @@ def main(argv=None):
                   file=sys.stderr)
             return 2
         model = build_model(cfg["model"])
-        weights, meta = load_weights(args.weights, ema=args.ema)  # nothing in the file runs
-        load_transferred(model, weights, log=lambda line: print(line, file=sys.stderr))  # other windows
+        _, _, meta = load_pretrained(model, load_weights(args.weights, ema=args.ema), source=args.weights,
+                                     head_fix=CONFIG_HEAD_FIX, log=lambda line: print(line, file=sys.stderr))  # other windows
+        apply_cpu_kernels(model, cfg["dist"]["cpu_kernels"])  # predict runs on the CPU
         names = check_names(class_names(meta, args.labels), model.num_classes)
         transform = create_eval_transform(resolve_data_config(model.default_cfg, cfg["aug"]))
         results = [{"path": path, "error": reason} for path, reason in errors]

@@ -5,6 +5,7 @@ docs/configuration.md); every key is checked by ``validate.py``, the model secti
 is a :class:`ConfigError` naming the key, the value and the fix.
 """
 import copy
+import os
 import re
 
 import yaml
@@ -101,17 +102,48 @@ def _is_resolved(model):
     return all(k in model for k in MODEL_DEFAULTS)
 
 
+# The shipped recipes: package data (oneflow_posmlp/configs; the checkout's configs/ is a link to it)
+BUILTIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def builtin_configs():
+    """The names of the built-in configs (``demo``, ``posmlp_t``, ...), sorted (none in a package built without
+    its package data)."""
+    names = os.listdir(BUILTIN_DIR) if os.path.isdir(BUILTIN_DIR) else []
+    return sorted(n[:-5] for n in names if n.endswith(".yaml"))
+
+
+def resolve_config(path):
+    """The YAML file that ``-c PATH`` means: the file ``PATH`` when there is one, else the built-in config that
+    ``PATH`` names: ``NAME``, ``NAME.yaml`` or the checkout's ``configs/NAME.yaml`` (the commands in the docs,
+    run outside a checkout; a folder called ``demo`` does not hide ``-c demo``). A :class:`ConfigError` lists the
+    built-in names."""
+    path = str(path)
+    if os.path.isfile(path):
+        return path
+    folder, base = os.path.split(path)
+    name = base[:-5] if base.endswith(".yaml") else base
+    if folder in ("", "configs") and name in builtin_configs():
+        return os.path.join(BUILTIN_DIR, name + ".yaml")
+    if os.path.exists(path):
+        return path  # a folder (or a special file): load_config's error says so
+    raise ConfigError(f"config {path} not found: no such file, nor a built-in config; pass the path of a YAML file "
+                      f"or a built-in name: {', '.join(builtin_configs())}")
+
+
 def load_config(path=None, opts=None):
-    """The validated config dict: schema defaults <- YAML file ``path`` <- ``--opts`` overrides.
-    ``path=None`` gives the defaults (the official PosMLP-T recipe)."""
+    """The validated config dict: schema defaults <- YAML file ``path`` (a path, or a built-in name:
+    :func:`resolve_config`) <- ``--opts`` overrides. ``path=None`` gives the defaults (the official PosMLP-T
+    recipe)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
+        path = resolve_config(path)
         try:
             with open(path) as f:
                 doc = load_yaml(f) or {}
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found; pass -c configs/<name>.yaml "
-                              f"(demo, posmlp_t, posmlp_s, posmlp_b)") from None
+            raise ConfigError(f"config file {path} not found; pass the path of a YAML file or a built-in name: "
+                              f"{', '.join(builtin_configs())}") from None
         except IsADirectoryError:
             raise ConfigError(f"config path {path} is a directory; pass a YAML file such as configs/demo.yaml") \
                 from None

@@ -120,6 +120,7 @@ DEFAULTS = {
     },
     "dist": {
         "device": "cpu",         # cpu | cuda
+        "cpu_kernels": True,     # on CPU, the layers' CPU-fast forms (cpu_kernels/; env POSMLP_CPU_KERNELS=0: off)
         "data_parallel": 0,      # 0: all ranks not used by tensor/pipeline parallelism
         "tensor_parallel": 1,
         "tensor_parallel_mode": "groups",  # groups: gating units split by channel groups | gather: run whole per rank

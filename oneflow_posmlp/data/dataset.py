@@ -21,7 +21,7 @@ def check_image_folder(root):
     """Raise :class:`DataError` for a missing folder, no class folders, or an empty class folder."""
     if not os.path.isdir(root):
         raise DataError(f"data folder {root} does not exist; set data.root to an ImageFolder root "
-                        f"(<root>/<split>/<class>/*.jpg) or use configs/demo.yaml")
+                        f"(<root>/<split>/<class>/*.jpg) or use the demo config (-c demo)")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     if not classes:
         raise DataError(f"data folder {root} has no class sub-folders; expected {root}/<class>/<image files>")

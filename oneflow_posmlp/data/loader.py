@@ -31,7 +31,7 @@ def data_root(cfg):
     d = cfg["data"]
     if d["root"] is None:
         raise DataError("data.root is not set; give an ImageFolder root (--opts data.root=/path), use "
-                        "configs/demo.yaml, or set data.synthetic=true")
+                        "the demo config (-c demo), or set data.synthetic=true")
     if d["demo"]:
         ensure_demo_dataset(d["root"], train_per_class=d["demo_train_per_class"],
                             val_per_class=d["demo_val_per_class"], size=d["demo_image_size"])

@@ -6,7 +6,7 @@ trainer calls the same :func:`evaluate` after its epochs.
 """
 import oneflow as flow
 
-from ..checkpoint.convert import load_into_model
+from ..checkpoint.load import CONFIG_HEAD_FIX, load_pretrained
 from ..data import build_val_dataset, build_val_loader
 from ..models import build_model
 from ..parallel import ParallelContext
@@ -54,15 +54,18 @@ def evaluate(model, loader, ctx, forward=None, amp=False):
     return meter.result()
 
 
-def evaluate_weights(cfg, weights):
-    """Evaluate ``weights`` (``{name: array}``, e.g. from :func:`~oneflow_posmlp.checkpoint.load_weights`) as
-    the model of ``cfg`` on its validation split, in the layout of ``cfg['dist']`` (``train.graph``: through an
-    eval graph). Builds only the model, the parallel context and the validation loader."""
+def evaluate_weights(cfg, weights, source=None, log=None):
+    """Evaluate ``weights`` (a path, ``(arrays, metadata)`` from :func:`~oneflow_posmlp.checkpoint.load_weights`, or
+    ``{name: array}``) as the model of ``cfg`` on its validation split, in the layout of ``cfg['dist']``
+    (``train.graph``: through an eval graph), loaded by :func:`~oneflow_posmlp.checkpoint.load_pretrained` (other
+    windows carried over, each change to ``log``; ``source`` names the weights in errors). Builds only the model,
+    the parallel context and the validation loader."""
     ctx = ParallelContext(cfg["dist"])
     loader = build_val_loader(cfg, build_val_dataset(cfg), ctx.data_rank, ctx.data_parallel)
     model = build_model(cfg["model"])
     # loaded into the local model before it becomes global: a checkpoint of any layout evaluates in any other
-    load_into_model(model, weights)
+    load_pretrained(model, (weights, {}) if isinstance(weights, dict) else weights, head_fix=CONFIG_HEAD_FIX, log=log,
+                    source=source)
     ctx.apply(model)
     amp = cfg["train"]["amp"] and ctx.device == "cuda"
     forward = eval_forward(model, ctx, graph=cfg["train"]["graph"], amp=amp)

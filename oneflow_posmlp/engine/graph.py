@@ -39,6 +39,19 @@ def unit_scaler():
     return flow.amp.GradScaler(init_scale=1.0, growth_factor=1.0, backoff_factor=1.0, growth_interval=2 ** 30)
 
 
+# OneFlow 0.9.0 graph options this graph leaves off, and why (docs/parallel.md, "Graph fusions"): every step of a
+# graph runs with a loss scaler (AMP's dynamic one, or unit_scaler()), whose overflow check reaches each AdamW
+# update op as its `skip_if` input and whose 1/scale as `scale_by_tensor`.
+FUSIONS_LEFT_OFF = {
+    "enable_fused_model_update_cast": "its pass (job_rewriter/fuse_model_update_cast_pass.cpp) rebuilds each "
+                                      "adam_update op without its skip_if and scale_by_tensor inputs: a step whose "
+                                      "float16 gradients overflowed would be applied, unscaled",
+    "enable_multi_tensor_update": "its pass keeps skip_if and scale_by_tensor (job_rewriter/"
+                                  "multi_tensor_model_update.cpp, AddScaleAndSkipLbn), but its kernels are CUDA-only: "
+                                  "no test here can compile it, so it stays off until a GPU run checks it",
+}
+
+
 class TrainGraph(nn.Graph):
     """``graph(x, y) -> loss`` (``grad_norm``: ``(loss, grad_norm)``): one compiled training step (or ``grad_accum``
     micro-batches of one step). ``grad_norm`` needs ``grad_accum == 1`` (module docstring)."""
@@ -57,9 +70,9 @@ class TrainGraph(nn.Graph):
         if ctx is not None:
             ctx.set_graph_stages(self.model)  # pipeline parallel: a stage (and placement) per part of the model
         self.add_optimizer(optimizer, lr_sch=lr_scheduler)
-        # OneFlow's graph fusions, as LiBai turns them on: adds into the producing op's output, weight decay and
-        # gradient scaling into the AdamW update, casts with scales; with AMP (CUDA) one multi-tensor update
-        # that also writes the float16 copy of the weights.
+        # OneFlow's graph fusions that keep the loss scaler's skip (docs/parallel.md, "Graph fusions"): adds into the
+        # producing op's output, weight decay and gradient scaling into each AdamW update op, casts with scales.
+        # Not the fused model-update cast nor the multi-tensor update (FUSIONS_LEFT_OFF).
         self.config.allow_fuse_add_to_output(True)
         self.config.allow_fuse_model_update_ops(True)
         self.config.allow_fuse_cast_scale(True)
@@ -68,8 +81,6 @@ class TrainGraph(nn.Graph):
         self.initial_loss_scale = 2.0 ** 16 if amp else 1.0
         if amp:
             self.config.enable_amp(True)
-            self.config.enable_multi_tensor_update(True)
-            self.config.enable_fused_model_update_cast(True)
             self.set_grad_scaler(flow.amp.GradScaler(init_scale=self.initial_loss_scale, growth_factor=2.0,
                                                      backoff_factor=0.5, growth_interval=2000))
         else:

@@ -47,22 +47,34 @@ def log_error(line):
     """Append ``line`` (an ``error: ...`` line) to this rank's log file at once, in the log's format, so that a
     rank's log shows why it stopped even when the launcher ends the other ranks right after. The file is created
     if the run had not opened it yet, but only in an output directory that exists: bad input to a new run writes
-    nothing. Returns the file's path, or None when nothing was written (no log named: the error came before the
-    config named the output directory; the directory does not exist; it cannot be written)."""
+    nothing; a log it creates starts with :func:`first_line`, as every run's log. Returns the file's path, or None
+    when nothing was written (no log named: the error came before the config named the output directory; the
+    directory does not exist; it cannot be written)."""
     path = _error_log.get("path")
     if path is None or not os.path.isdir(os.path.dirname(path) or "."):
         return None
-    record = logging.LogRecord("oneflow_posmlp", logging.ERROR, __file__, 0, line, None, None)
+    fmt = _formatter(_error_log["rank"])
+    lines = ([] if os.path.exists(path) else [first_line()]) + [line]
     try:
         with open(path, "a") as f:
-            f.write(_formatter(_error_log["rank"]).format(record) + "\n")
+            for text in lines:
+                f.write(fmt.format(logging.LogRecord("oneflow_posmlp", logging.ERROR, __file__, 0, text, None, None))
+                        + "\n")
     except OSError:
         return None
     return path
 
 
+def first_line():
+    """The first line of every run's log (and of a log an early error starts): which version ran, on which stack."""
+    from ..version import version_text
+
+    return version_text()
+
+
 def setup_logging(output_dir, rank):
-    """Every rank logs to ``output_dir/log_rank{rank}.txt``; rank 0 also to the console."""
+    """Every rank logs to ``output_dir/log_rank{rank}.txt`` (appended: a resumed run's lines follow the first
+    run's), starting with :func:`first_line`; rank 0 also to the console."""
     logger = logging.getLogger("oneflow_posmlp")
     logger.setLevel(logging.INFO)
     logger.handlers.clear()
@@ -77,6 +89,7 @@ def setup_logging(output_dir, rank):
         sh = logging.StreamHandler(sys.stdout)
         sh.setFormatter(fmt)
         logger.addHandler(sh)
+    logger.info(first_line())
     return logger
 
 

@@ -28,23 +28,67 @@ import oneflow as flow
 TRAIN_FACTOR = 3  # a train step's FLOPs over the forward's
 CPU_SGEMM_SIZE = 2048
 
-# Dense peak TFLOP/s per dtype, from NVIDIA's datasheets (the figures "with sparsity" are 2x these):
-# V100: "NVIDIA Tesla V100 GPU Accelerator" datasheet (SXM2 15.7 fp32 / 125 tensor; PCIe 14 / 112);
-# A100 40 GB and 80 GB (SXM and PCIe alike): "NVIDIA A100 Tensor Core GPU" datasheet;
-# A10: "NVIDIA A10 Tensor Core GPU" datasheet; A30: "NVIDIA A30 Tensor Core GPU" datasheet;
-# L4: "NVIDIA L4 Tensor Core GPU" datasheet; L40S: "NVIDIA L40S GPU" datasheet;
-# H100 SXM5 and PCIe: "NVIDIA H100 Tensor Core GPU" datasheet.
+# Dense (no sparsity) peak TFLOP/s per dtype and per GPU; datasheets list the "with sparsity" tensor figures at 2x.
+# "fp16"/"bf16": tensor cores with float32 accumulation (OneFlow's AMP matmuls); on GeForce cards this is half
+# the rate with float16 accumulation. Sources, by key:
+#   V100 SXM2 / V100 PCIe / V100S PCIe: "NVIDIA Tesla V100 GPU Accelerator" and "NVIDIA V100S" datasheets
+#   T4: "NVIDIA T4 Tensor Core GPU" datasheet (65 TFLOPS mixed precision)
+#   A100, A800: "NVIDIA A100 Tensor Core GPU" and "NVIDIA A800 Tensor Core GPU" datasheets (40/80 GB, SXM and PCIe alike)
+#   A10, A30, A40: "NVIDIA A10 / A30 / A40" datasheets
+#   A10G (AWS G5 only, no NVIDIA datasheet): the figures Baseten's "NVIDIA A10 vs A10G for ML model inference"
+#     compares (31.52 fp32, 35 tf32, 70 fp16 tensor, dense); the least certain row
+#   L4, L40, L40S: "NVIDIA L4 / L40 / L40S" datasheets
+#   H100 SXM, H100 PCIe, H100 NVL: "NVIDIA H100 Tensor Core GPU" datasheet, one column each (NVL: the 94 GB, 400 W
+#     card, per GPU; the PCIe and NVL cards run lower clocks and fewer SMs than SXM)
+#   H800 SXM / H800 PCIe: "NVIDIA H800 Tensor Core GPU" datasheet (the H100's tensor rates, less FP64 and NVLink)
+#   H200 SXM / H200 NVL: "NVIDIA H200 Tensor Core GPU" datasheet
+#   H20: NVIDIA's HGX H20 product brief (148 fp16/bf16, 74 tf32, 44 fp32, dense)
+#   RTX 3080, RTX 3090: "NVIDIA Ampere GA102 GPU Architecture" whitepaper, appendix table
+#   RTX 4080, RTX 4090: "NVIDIA Ada GPU Architecture" whitepaper, appendix table
+# The OneFlow 0.9.0 wheel has no kernels for Hopper (H100/H800/H200/H20: compute capability 9.0, see
+# parallel/devices.py): their rows serve the benchmark reports of other builds and the MFU arithmetic.
 GPU_PEAK_TFLOPS = {
     "V100 SXM2": {"fp32": 15.7, "fp16": 125.0},
     "V100 PCIe": {"fp32": 14.0, "fp16": 112.0},
+    "V100S PCIe": {"fp32": 16.4, "fp16": 130.0},
+    "T4": {"fp32": 8.1, "fp16": 65.0},
     "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0},
+    "A800": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0},
     "A10": {"fp32": 31.2, "tf32": 62.5, "fp16": 125.0, "bf16": 125.0},
+    "A10G": {"fp32": 31.52, "tf32": 35.0, "fp16": 70.0, "bf16": 70.0},
     "A30": {"fp32": 10.3, "tf32": 82.0, "fp16": 165.0, "bf16": 165.0},
+    "A40": {"fp32": 37.4, "tf32": 74.8, "fp16": 149.7, "bf16": 149.7},
     "L4": {"fp32": 30.3, "tf32": 60.0, "fp16": 121.0, "bf16": 121.0},
+    "L40": {"fp32": 90.5, "tf32": 90.5, "fp16": 181.05, "bf16": 181.05},
     "L40S": {"fp32": 91.6, "tf32": 183.0, "fp16": 362.05, "bf16": 362.05},
     "H100 SXM": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4},
     "H100 PCIe": {"fp32": 51.0, "tf32": 378.0, "fp16": 756.0, "bf16": 756.0},
+    "H100 NVL": {"fp32": 60.0, "tf32": 417.5, "fp16": 835.5, "bf16": 835.5},
+    "H800 SXM": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4},
+    "H800 PCIe": {"fp32": 51.0, "tf32": 378.0, "fp16": 756.0, "bf16": 756.0},
+    "H200 SXM": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4},
+    "H200 NVL": {"fp32": 60.0, "tf32": 417.5, "fp16": 835.5, "bf16": 835.5},
+    "H20": {"fp32": 44.0, "tf32": 74.0, "fp16": 148.0, "bf16": 148.0},
+    "RTX 3080": {"fp32": 29.8, "tf32": 29.8, "fp16": 59.5, "bf16": 59.5},
+    "RTX 3090": {"fp32": 35.6, "tf32": 35.6, "fp16": 71.0, "bf16": 71.0},
+    "RTX 4080": {"fp32": 48.7, "tf32": 48.7, "fp16": 97.5, "bf16": 97.5},
+    "RTX 4090": {"fp32": 82.6, "tf32": 82.6, "fp16": 165.2, "bf16": 165.2},
 }
+
+# CUDA device names -> table keys: the first rule whose words are all in the name (and none of its excluded
+# words) wins; words are the name's, upper-cased, split at spaces and dashes ("NVIDIA A100-SXM4-80GB" -> A100, SXM4,
+# 80GB). Variants with other clocks (RTX 3090 Ti, RTX 4090 D, RTX 4080 SUPER) are not in the table.
+_NAME_RULES = (
+    ("H100 NVL", {"H100", "NVL"}, ()), ("H100 PCIe", {"H100", "PCIE"}, ()), ("H100 SXM", {"H100"}, ()),
+    ("H800 PCIe", {"H800", "PCIE"}, ()), ("H800 SXM", {"H800"}, ()),
+    ("H200 NVL", {"H200", "NVL"}, ()), ("H200 SXM", {"H200"}, ()), ("H20", {"H20"}, ()),
+    ("A100", {"A100"}, ()), ("A800", {"A800"}, ()), ("A10G", {"A10G"}, ()), ("A10", {"A10"}, ()),
+    ("A30", {"A30"}, ()), ("A40", {"A40"}, ()), ("L40S", {"L40S"}, ()), ("L40", {"L40"}, ()), ("L4", {"L4"}, ()),
+    ("V100S PCIe", {"V100S"}, ()), ("V100 PCIe", {"V100", "PCIE"}, ()), ("V100 SXM2", {"V100"}, ()),
+    ("T4", {"T4"}, ()),
+    ("RTX 3080", {"RTX", "3080"}, ("TI",)), ("RTX 3090", {"RTX", "3090"}, ("TI",)),
+    ("RTX 4080", {"RTX", "4080"}, ("SUPER",)), ("RTX 4090", {"RTX", "4090"}, ("D",)),
+)
 
 _cpu_peak = {}
 
@@ -52,14 +96,9 @@ _cpu_peak = {}
 def gpu_model(device_name):
     """The :data:`GPU_PEAK_TFLOPS` key of a CUDA device name (``"NVIDIA A100-SXM4-80GB"`` -> ``"A100"``), or
     None for a device not in the table."""
-    name = device_name.upper().replace("-", " ")
-    words = set(name.split())
-    if "H100" in name:
-        return "H100 PCIe" if "PCIE" in words else "H100 SXM"
-    if "V100" in name:
-        return "V100 PCIe" if "PCIE" in words else "V100 SXM2"
-    for key in ("A100", "A30", "A10", "L40S", "L4"):  # A100 before A10, L40S before L4
-        if key in words or any(w.startswith(key) and not w[len(key):len(key) + 1].isalnum() for w in words):
+    words = set(device_name.upper().replace("-", " ").split())
+    for key, needed, excluded in _NAME_RULES:
+        if needed <= words and not words.intersection(excluded):
             return key
     return None
 

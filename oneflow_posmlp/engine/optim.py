@@ -1,7 +1,7 @@
 """The optimizer side of a training step, shared by the trainer, its graph, the benchmark and the recipe test:
-AdamW parameter groups, the optimizer built from the ``train:`` config, gradient clipping by one global norm
-(timm's ``clip_grad_norm_`` over all parameters, the official runs) or by parameter group (what an
-``nn.Graph`` does in OneFlow 0.9.0), and the weight EMA.
+AdamW parameter groups, the optimizer built from the ``train:`` config (eager on CUDA: AdamW's fused form),
+gradient clipping by one global norm (timm's ``clip_grad_norm_`` over all parameters, the official runs) or by
+parameter group (what an ``nn.Graph`` does in OneFlow 0.9.0), and the weight EMA.
 """
 import math
 import re
@@ -30,7 +30,31 @@ def clip_param_groups(model, weight_decay, clip_grad):
     return groups
 
 
-class GraphGlobalClipAdamW(flow.optim.AdamW):
+class AdamW(flow.optim.AdamW):
+    """``flow.optim.AdamW`` whose ``fused`` form (one multi-tensor update per parameter group, CUDA-only in OneFlow
+    0.9.0: ``AdamW(..., fused=True)``) is this run's choice, not a checkpoint's: ``load_state_dict`` takes every
+    other option of the saved groups but keeps ``fused``, so a GPU checkpoint resumes on CPU (whose AdamW has no
+    fused kernel) and a CPU one on a GPU runs fused."""
+
+    def load_state_dict(self, state_dict):
+        fused = [group["fused"] for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, f in zip(self.param_groups, fused):
+            group["fused"] = f
+
+
+def fusable(params):
+    """Whether AdamW may update ``params`` with its fused kernel: all on CUDA and, for global tensors, all on one
+    placement with one SBP (the multi-tensor update is one op over all its tensors, OneFlow 0.9.0 gives it a
+    single all-broadcast signature; pipeline stages hold their parameters on other placements)."""
+    params = list(params)
+    if not params or not all(p.is_cuda for p in params):
+        return False
+    layouts = {(str(p.placement), tuple(p.sbp)) if p.is_global else None for p in params}
+    return len(layouts) == 1 and (None in layouts or all(s == flow.sbp.broadcast for s in next(iter(layouts))[1]))
+
+
+class GraphGlobalClipAdamW(AdamW):
     """AdamW that an ``nn.Graph`` clips by ONE norm over all parameters (timm's ``clip_grad_norm_``, the
     official runs). OneFlow 0.9.0 turns each parameter group into its own optimizer conf and clips each conf by
     its own norm; this optimizer hands the graph a single conf over all groups instead, at the decaying
@@ -78,8 +102,9 @@ def build_optimizer(model, train_cfg, lr, graph=False, clip_scope="group"):
     :class:`GraphGlobalClipAdamW`). Eager runs call :func:`clip_gradients` themselves."""
     t = train_cfg
     groups = clip_param_groups(model, t["weight_decay"], t["clip_grad"] if graph else 0)
-    kind = GraphGlobalClipAdamW if graph and clip_scope == "global" else flow.optim.AdamW
-    return kind(groups, lr=lr, betas=tuple(t["opt_betas"]), eps=t["opt_eps"])
+    kind = GraphGlobalClipAdamW if graph and clip_scope == "global" else AdamW
+    fused = not graph and fusable(p for g in groups for p in g["params"])  # eager on CUDA: the fused update
+    return kind(groups, lr=lr, betas=tuple(t["opt_betas"]), eps=t["opt_eps"], fused=fused)
 
 
 def clip_grad_norm(params, max_norm):

@@ -14,14 +14,21 @@ import oneflow as flow
 from ..checkpoint.atomic import atomic_path
 from ..checkpoint.errors import CheckpointError, disk_full_error
 from ..checkpoint.oneflow_reader import is_oneflow_checkpoint, read_oneflow_checkpoint
+from ..checkpoint.weights import with_version
 from .stop import any_rank
 
 
 def rng_state():
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "oneflow": flow.get_rng_state()}
-    if flow.cuda.is_available():
-        state["cuda"] = flow.cuda.get_rng_state()
-    return state
+    """The host generators: Python's, NumPy's global one and OneFlow's default CPU generator.
+
+    The CUDA generators are not saved, on purpose: every draw on a CUDA device on the training path (dropout)
+    comes after ``flow.manual_seed`` of its micro-batch (``engine/randomness.py``), and ``flow.manual_seed``
+    reseeds OneFlow's auto generator, which owns the CPU and every CUDA generator (OneFlow 0.9.0,
+    ``core/framework/random_generator.cpp``: ``ManualSeed`` -> ``AutoGeneratorImpl::set_current_seed``,
+    generators created later take its seed), so a resumed run draws what the uninterrupted one drew without
+    their state. OneFlow 0.9.0 has no ``flow.cuda.get_rng_state`` (calling it ended every run on a GPU host in
+    its first epoch), and ``flow.Generator("cuda")`` aborts the process where the driver is missing."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "oneflow": flow.get_rng_state()}
 
 
 @contextlib.contextmanager
@@ -37,9 +44,7 @@ def rng_preserved():
 def set_rng_state(state):
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    flow.set_rng_state(state["oneflow"])
-    if "cuda" in state and flow.cuda.is_available():
-        flow.cuda.set_rng_state(state["cuda"])
+    flow.set_rng_state(state["oneflow"])  # a "cuda" entry (never written by OneFlow 0.9.0) is ignored: rng_state()
 
 
 def state_nbytes(obj):
@@ -56,12 +61,13 @@ def state_nbytes(obj):
 
 
 def save_training_state(path, state, ctx):
-    """``state`` (model/ema/optimizer state dicts, scaler, counters, RNG, config, class names)
-    to the directory ``path``: written by rank 0 under a temporary name, then renamed; other ranks wait.
+    """``state`` (model/ema/optimizer state dicts, scaler, counters, RNG, config, class names), with
+    ``posmlp_version`` (the version writing it), to the directory ``path``: written by rank 0 under a temporary
+    name, then renamed; other ranks wait.
 
     A write that fails (a full disk, ...) leaves an existing ``path`` as it was and raises the same
     :class:`CheckpointError` on every rank (a full disk names the path and the space needed)."""
-    state = ctx.gather(state)  # a collective: every rank takes part, rank 0 writes
+    state = ctx.gather(with_version(state))  # a collective: every rank takes part, rank 0 writes
     failure = None
     if ctx.is_main:
         try:

@@ -22,7 +22,7 @@ import oneflow as flow
 from .. import slurm
 from ..checkpoint import CheckpointError
 from ..checkpoint.atomic import recover
-from ..checkpoint.transfer import load_transferred
+from ..checkpoint.load import load_pretrained
 from ..checkpoint.weights import load_weights
 from ..config import dump_config
 from ..data import build_datasets, build_mixup, build_train_criterion, build_train_loader, build_val_loader
@@ -30,6 +30,7 @@ from ..models import build_model
 from ..models.drop import drop_path_modules
 from ..parallel import ParallelContext
 from .evaluate import evaluate
+from .guidance import warn_if_large_micro_batch
 from .logger import CsvLog, TensorBoardWriter, setup_logging
 from .mfu import TrainMfu
 from .optim import build_ema
@@ -61,7 +62,7 @@ class Trainer:
         resume_path, recovered = self._resume_path(resume)
         state = load_training_state(resume_path, cfg) if resume_path else None
         ignored_init, init = (init, None) if init and state else (None, init)  # the resumed weights win
-        init_arrays = load_weights(init)[0] if init else None
+        init_weights = load_weights(init) if init else None  # (arrays, metadata)
         self.log = setup_logging(self.out, self.ctx.rank)
         if recovered:
             self.log.warning(recovered)
@@ -80,7 +81,7 @@ class Trainer:
 
         self.model = build_model(cfg["model"])
         if init:
-            self._load_init(init_arrays, init)
+            self._load_init(init_weights, init)
         if state:
             self.model.load_state_dict(state["model"])
         self.mfu = TrainMfu(self.model, self.ctx, amp=t["amp"] and self.ctx.device == "cuda")  # on the local model
@@ -123,6 +124,7 @@ class Trainer:
         self.log.info(f"model {cfg['model'].get('name') or 'custom'}: {params:,} parameters; {len(self.train_set)} "
                       f"train / {len(self.val_set)} val images; global batch {t['batch_size']} on "
                       f"{self.ctx.describe()}{launched}; lr {self.lr:.3g}; {self.updates_per_epoch} updates/epoch")
+        warn_if_large_micro_batch(cfg, self.ctx, self.log.warning)  # engine/guidance.py: micro-batch vs memory
         if self.tb:
             self.tb.add_text("config", "```\n" + dump_config(cfg) + "\n```", 0)
 
@@ -148,9 +150,10 @@ class Trainer:
             return None, recovered
         return path, recovered
 
-    def _load_init(self, arrays, path):
+    def _load_init(self, weights, path):
         # weights of other windows (another resolution) are carried over, each kind of change logged
-        dropped, _ = load_transferred(self.model, arrays, allow_head_mismatch=True, log=self.log.info)
+        dropped, _, _ = load_pretrained(self.model, weights, allow_head_mismatch=True, log=self.log.info,
+                                        source=f"--init {path}")
         self.log.info(f"initialised from {path}" + (f" (kept a fresh classifier: {', '.join(dropped)})" if dropped else ""))
 
     def _restore(self, state, path):

@@ -102,6 +102,7 @@ def prepare_for_export(model):
     """An eval-mode copy of ``model`` with constant token maps and export-friendly LayerNorms."""
     import oneflow as flow
 
+    from ..cpu_kernels import remove_cpu_kernels
     from ..models.layers import PosMLPLayer
     from ..models.posgu import PoSGU
 
@@ -111,6 +112,7 @@ def prepare_for_export(model):
                          "PosMLP variants and the official models are)")
     frozen_cls, ln_cls = _frozen_token_map_cls(), _layer_norm_cls()
     m = copy.deepcopy(model).eval()
+    remove_cpu_kernels(m)  # the official forms: no weight gathers or NumPy in the exported graph
     with flow.no_grad():
         for layer in m.modules():
             if isinstance(layer, PosMLPLayer) and isinstance(layer.gate_unit, PoSGU):
@@ -119,7 +121,6 @@ def prepare_for_export(model):
                 token_map = effective_token_map(pos, layer.shift_mask, gate).detach().clone()
                 unit.pos = frozen_cls(token_map, pos.token_proj_n_bias if pos.absolute_bias else None)
                 unit.pos_only = True
-                layer.group_major = False  # the official channel order: no weight gathers in the exported graph
         for module in list(m.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, flow.nn.LayerNorm):

@@ -1,4 +1,4 @@
-"""The PosMLP variants in flowvision's model registry: after ``import oneflow_posmlp``,
+"""The PosMLP variants in flowvision's model registry: after ``import oneflow_posmlp.models``,
 ``flowvision.models.ModelCreator.create_model("posmlp_t", **kwargs)`` builds them (``model_list("posmlp*")``
 lists them). The entry points take the keyword arguments of :func:`oneflow_posmlp.models.create_model`
 (``num_classes``, ``features_only``, ``out_indices``, ...). No weights are hosted, so ``pretrained=True`` is

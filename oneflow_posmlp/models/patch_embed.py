@@ -2,20 +2,7 @@
 import oneflow as flow
 import oneflow.nn as nn
 
-from .activation import GELU
-from .cpu import on_cpu
 from .norm import LayerNorm
-
-
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose bias, on CPU, is added as ``y + bias.reshape(1, C, 1, 1)`` after a bias-free
-    convolution (OneFlow 0.9.0's CPU ``bias_add`` over ``(B, C, H, W)`` takes oneDNN's reference kernel,
-    about 250x slower; see :mod:`.cpu`). Same parameters and result; on CUDA the fused bias stays."""
-
-    def forward(self, x):
-        if self.bias is None or not on_cpu(x) or self.channel_pos != "channels_first":
-            return self._conv_forward(x, self.weight, self.bias)  # (no super(): nn.Graph calls via a proxy)
-        return self._conv_forward(x, self.weight, None) + self.bias.reshape(1, -1, 1, 1)
 
 
 def _norm(kind, channels):
@@ -35,12 +22,12 @@ class ConvPatchEmbed(nn.Module):
     ``(B, in_chans, H, W) -> (B, out_chan, H/4, W/4)``; ``stem_norm`` "BN" or "LN".
     """
 
-    def __init__(self, in_chans=3, out_chan=96, stem_norm="BN", act_layer=GELU):
+    def __init__(self, in_chans=3, out_chan=96, stem_norm="BN", act_layer=nn.GELU):
         super().__init__()
         self.stem_norm = stem_norm
         ins, outs = [in_chans, out_chan // 2, out_chan], [out_chan // 2, out_chan, out_chan]
         kernels, strides, pads = [3, 3, 1], [2, 2, 1], [1, 1, 0]
-        self.projs = nn.Sequential(*[Conv2d(i, o, kernel_size=k, stride=s, padding=p)
+        self.projs = nn.Sequential(*[nn.Conv2d(i, o, kernel_size=k, stride=s, padding=p)
                                      for i, o, k, s, p in zip(ins, outs, kernels, strides, pads)])
         self.norms = nn.Sequential(*[_norm(stem_norm, o) for o in outs])
         self.act = act_layer()
@@ -64,7 +51,7 @@ class ConvPatchMerging(nn.Module):
         super().__init__()
         self.downsample_norm = downsample_norm
         groups = in_chan if depth_conv else 1
-        self.conv = Conv2d(in_chan, out_chan, kernel_size=3, stride=2, padding=1, groups=groups, bias=True)
+        self.conv = nn.Conv2d(in_chan, out_chan, kernel_size=3, stride=2, padding=1, groups=groups, bias=True)
         self.norm = _norm(downsample_norm, out_chan)
 
     def forward(self, x):

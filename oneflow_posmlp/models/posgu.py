@@ -69,18 +69,23 @@ class PoSGU(nn.Module):
         (``x[..., self.hidden_order(D)]``) instead of the official ``(v s)``; same values, permuted.
         ``parts > 1``: ``x`` is split over ``parts`` tensor-parallel ranks by channel groups, its channels in
         the order ``x[..., in_order]`` of :meth:`tensor_parallel_groups` (the output in ``out_order``).
-        ``v``: the gate half given apart (one process, group-major): ``x`` is then ``u``, ``(B, W, N, D / 2)``."""
-        if v is not None:  # the halves computed apart (group-major, one process)
-            u, group_major = x, True
-        elif parts > 1:
+        ``v``: the gate half given apart, ``(B, W, N, D / 2)``; ``x`` is then the gated half ``u``."""
+        if v is not None:
+            return self.gate(x, v, mask, group_major)
+        if parts > 1:
             u, v = (x, x) if self.chunks == 1 else rank_chunks(x, parts, 2)
             group_major = True
         else:
             u, v = (x, x) if self.chunks == 1 else x.chunk(2, dim=-1)
+        return self.gate(u, v, mask, group_major)
+
+    def gate(self, u, v, mask=None, group_major=False):
+        """``mix(u) * v`` for the halves ``u``, ``v``: ``(B, W, N, D / chunks)`` each, in the channel order that
+        ``group_major`` names."""
         gate = None if self.pos_only else self.token_proj_n_weight
         if group_major:
             return self.pos(u, mask=mask, gate=gate, group_major=True) * v
-        return self.pos(u, mask=mask, gate=gate) * v
+        return self.pos(u, mask=mask, gate=gate) * v  # (a frozen map of the ONNX export takes no channel order)
 
 
 def rank_chunks(x, parts, chunks):

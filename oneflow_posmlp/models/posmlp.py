@@ -4,7 +4,6 @@ import oneflow as flow
 import oneflow.nn as nn
 from flowvision.layers import trunc_normal_
 
-from .activation import GELU
 from .config import default_cfg, feature_sizes, input_size_multiple, resolve_model_config
 from .drop import dropout
 from .features import level_info, resolve_out_indices
@@ -46,7 +45,7 @@ class PosMLP(nn.Module):
         self.img_size = tuple(cfg["img_size"])
         self.in_chans = cfg["in_chans"]
         dims = cfg["embed_dims"]
-        norm_layer = lambda d: LayerNorm(d, eps=1e-6)  # noqa: E731  (fast on CPU: models/norm.py)
+        norm_layer = lambda d: LayerNorm(d, eps=1e-6)  # noqa: E731
         gate_unit = GATE_UNITS[cfg["gate_unit"]]
         pool_layer = POOL_LAYERS[cfg["pool_layer"]]
         gate_kwargs = dict(quadratic=cfg["quadratic"], pos_only=cfg["pos_only"], generalized=cfg["generalized"],
@@ -64,7 +63,7 @@ class PosMLP(nn.Module):
                 blocks.append(PosMLPLayer(
                     dims[i], win, gate_unit, chunks=cfg["chunks"], mlp_ratio=cfg["mlp_ratio"][i],
                     drop=cfg["drop_rate"], drop_path=dp_rates[layer_idx + j], norm_layer=norm_layer,
-                    act_layer=GELU, layer_idx=layer_idx + j, shift_size=shift, feature_size=size,
+                    act_layer=nn.GELU, layer_idx=layer_idx + j, shift_size=shift, feature_size=size,
                     gamma=cfg["gamma"][i], **gate_kwargs))
             pool = None if i == 0 else pool_layer(dims[i - 1], dims[i], downsample_norm=cfg["downsample_norm"])
             levels.append(PosMLPLevel(blocks, win, pool))
@@ -180,16 +179,13 @@ def create_model(name, weights=None, **overrides):
     windows (e.g. ``posmlp_t``'s 14-14-14-7 into ``posmlp_t_384``'s 12-12-12-12) are carried over
     (:mod:`oneflow_posmlp.checkpoint.transfer`: window buffers rebuilt, positional tables resized bicubically,
     each kind logged at WARNING; the report is ``model.weights_transfer``).
-    The weights' metadata (``model``, ``classes``, ...) are kept as ``model.weights_meta``.
+    The weights' metadata (``model``, ``classes``, ...) are kept as ``model.weights_meta``. The loading is
+    :func:`oneflow_posmlp.checkpoint.load_pretrained`, the one every tool uses.
     """
     model = build_model({"name": name}, **overrides)
     if weights is not None:
-        from ..checkpoint.transfer import load_transferred
-        from ..checkpoint.weights import load_weights
+        from ..checkpoint.load import load_pretrained
 
-        arrays, meta = load_weights(weights)
-        if model.features_only:  # a backbone keeps neither the final norm nor the classifier
-            arrays = {k: v for k, v in arrays.items() if not k.startswith(("norm.", "head."))}
-        load_transferred(model, arrays, allow_head_mismatch="num_classes" in overrides)
-        model.weights_meta = meta
+        load_pretrained(model, weights, allow_head_mismatch="num_classes" in overrides,
+                        head_fix="pass num_classes={n} to create_model (another num_classes: a fresh classifier)")
     return model

@@ -23,39 +23,12 @@ import oneflow as flow
 import oneflow.nn as nn
 from flowvision.layers import trunc_normal_
 
-from .cpu import channels_split, on_cpu
+from ..positions import quadratic_relative_indices, relative_position_index  # noqa: F401  (re-exported)
+from .sbp import channels_split
 
 # Added to the pre-softmax score of token pairs in different regions of a shifted window. exp() of it
 # underflows to exactly 0 in fp32, and it is representable in fp16.
 MASK_NEG = -1.0e4
-
-
-def quadratic_relative_indices(win_size: int, generalized: bool = True) -> np.ndarray:
-    """Relative-offset features of every token pair in a ``win_size x win_size`` window.
-
-    Returns float32 ``(N, N, 5)`` ``[dx, dy, dx^2, dy^2, dx*dy]`` (generalized) or ``(N, N, 3)``
-    ``[dx, dy, dx^2 + dy^2]``, laid out exactly as the official ``QuaMap.get_rel_indices``.
-    """
-    h = w = win_size
-    ind = np.arange(h).reshape(1, -1) - np.arange(w).reshape(-1, 1)  # ind[i, j] = j - i
-    indx = np.tile(ind, (h, w))
-    indy = np.repeat(np.repeat(ind, h, axis=0), w, axis=1).T
-    if generalized:
-        feats = [indx, indy, indx ** 2, indy ** 2, indx * indy]
-    else:
-        feats = [indx, indy, indx ** 2 + indy ** 2]
-    return np.stack(feats, axis=-1).astype(np.float32)
-
-
-def relative_position_index(win_size: int) -> np.ndarray:
-    """int64 ``(N, N)`` index into a ``((2h-1)(2w-1), gamma)`` table of relative offsets (Swin)."""
-    h = w = win_size
-    coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij")).reshape(2, -1)  # (2, N)
-    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)  # (N, N, 2)
-    rel[:, :, 0] += h - 1
-    rel[:, :, 1] += w - 1
-    rel[:, :, 0] *= 2 * w - 1
-    return rel.sum(-1).astype(np.int64)
 
 
 def group_mix(token_map: flow.Tensor, x: flow.Tensor, group_major: bool = False) -> flow.Tensor:
@@ -64,9 +37,9 @@ def group_mix(token_map: flow.Tensor, x: flow.Tensor, group_major: bool = False)
     Args:
         token_map: ``(Wm, S, N, N)`` with ``Wm == 1`` (shared by all windows) or ``Wm == W``.
         x: ``(B, W, N, C)`` with ``C = V * S``, channels split as ``(v s)`` (the official order), or as
-            ``(s v)`` when ``group_major`` (:func:`group_major_order`: the group's channels are contiguous, so
-            the permutes below move runs of ``V`` values, which OneFlow's CPU permute does 15-25x faster than
-            the single values of the ``(v s)`` order).
+            ``(s v)`` when ``group_major`` (:func:`group_major_order`: each group's channels contiguous, the order
+            of the tensor-parallel ``groups`` plan and of the CPU kernels, whose permutes then move runs of ``V``
+            values; docs/model.md).
     Returns:
         ``(B, W, N, C)`` in the channel order of ``x``:
         ``out[b, w, m, (v s)] = sum_n token_map[w, s, m, n] * x[b, w, n, (v s)]``.
@@ -74,23 +47,23 @@ def group_mix(token_map: flow.Tensor, x: flow.Tensor, group_major: bool = False)
     B, W, N, C = x.shape
     Wm, S = token_map.shape[0], token_map.shape[1]
     V = C // S
-    if group_major:
-        if Wm > 1 and channels_split(x):
-            return _group_mix_groups_first(token_map, x)
-        if Wm == 1:
-            xs = x.reshape(B * W, N, S, V).permute(2, 1, 0, 3).reshape(S, N, B * W * V)
-            out = flow.bmm(token_map[0], xs)  # (S, N, B*W*V)
-            return out.reshape(S, N, B * W, V).permute(2, 1, 0, 3).reshape(B, W, N, C)
-        xs = x.reshape(B, W, N, S, V).permute(1, 3, 2, 0, 4).reshape(W * S, N, B * V)
-        out = flow.bmm(token_map.reshape(W * S, N, N), xs)  # (W*S, N, B*V)
-        return out.reshape(W, S, N, B, V).permute(3, 0, 2, 1, 4).reshape(B, W, N, C)
+    if group_major and Wm > 1 and channels_split(x):
+        return _group_mix_groups_first(token_map, x)
+    channels, s_axis, v_axis = ((S, V), 0, 1) if group_major else ((V, S), 1, 0)  # the channel axis, split
     if Wm == 1:
-        xs = x.reshape(B * W, N, V, S).permute(3, 1, 0, 2).reshape(S, N, B * W * V)
+        perm = (2 + s_axis, 1, 0, 2 + v_axis)  # (B*W, N, channels) -> (S, N, B*W, V)
+        xs = x.reshape(B * W, N, *channels).permute(*perm).reshape(S, N, B * W * V)
         out = flow.bmm(token_map[0], xs)  # (S, N, B*W*V)
-        return out.reshape(S, N, B * W, V).permute(2, 1, 3, 0).reshape(B, W, N, C)
-    xs = x.reshape(B, W, N, V, S).permute(1, 4, 2, 0, 3).reshape(W * S, N, B * V)
+        return out.reshape(S, N, B * W, V).permute(*_inverse(perm)).reshape(B, W, N, C)
+    perm = (1, 3 + s_axis, 2, 0, 3 + v_axis)  # (B, W, N, channels) -> (W, S, N, B, V)
+    xs = x.reshape(B, W, N, *channels).permute(*perm).reshape(W * S, N, B * V)
     out = flow.bmm(token_map.reshape(W * S, N, N), xs)  # (W*S, N, B*V)
-    return out.reshape(W, S, N, B, V).permute(3, 0, 2, 4, 1).reshape(B, W, N, C)
+    return out.reshape(W, S, N, B, V).permute(*_inverse(perm)).reshape(B, W, N, C)
+
+
+def _inverse(perm):
+    """The permutation that undoes ``perm``."""
+    return tuple(int(i) for i in np.argsort(perm))
 
 
 def _group_mix_groups_first(token_map: flow.Tensor, x: flow.Tensor) -> flow.Tensor:
@@ -111,16 +84,6 @@ def group_major_order(channels: int, gamma: int) -> np.ndarray:
     """int64 ``(channels,)``: position ``s*V + v`` of the group-major order ``(s v)`` takes channel ``v*S + s``
     of the official ``(v s)`` order (``S = gamma``, ``V = channels / S``): ``x_gm = x[..., order]``."""
     return np.arange(channels).reshape(channels // gamma, gamma).T.reshape(-1).astype(np.int64)
-
-
-def add_token_bias(x: flow.Tensor, bias: flow.Tensor) -> flow.Tensor:
-    """``x + bias`` per token: x ``(B, W, N, C)``, bias ``(1, N, 1)`` (one value per token, all channels).
-
-    On CPU written as ``(B*W, N, C, 1) + (1, N, 1, 1)`` (bit-identical; see :mod:`.cpu`)."""
-    B, W, N, C = x.shape
-    if on_cpu(x):
-        return (x.reshape(B * W, N, C, 1) + bias.reshape(1, N, 1, 1)).reshape(B, W, N, C)
-    return x + bias.unsqueeze(0)  # (1, 1, N, 1)
 
 
 class GroupMix(nn.Module):
@@ -169,16 +132,17 @@ class TokenMap(nn.Module):
             keep = (mask == 0).to(token_map.dtype).unsqueeze(1)  # (W, 1, N, N)
             token_map = token_map * keep
         out = self.mix(token_map, x, group_major)
-        if self.absolute_bias:
-            out = add_token_bias(out, self.token_proj_n_bias)
-        return out
+        return self.add_bias(out) if self.absolute_bias else out
 
+    def add_bias(self, x):
+        """``x + token_proj_n_bias`` per token: x ``(B, W, N, C)``, the bias ``(1, N, 1)`` shared by all channels."""
+        return x + self.token_proj_n_bias.unsqueeze(0)  # (1, 1, N, 1)
 
     # ------------------------------------------------------------------ eval cache
-    # The map depends on the parameters only, not on the batch: in eval without gradients it is computed once
-    # per weights version and reused by every batch. The version is the parameters' values (OneFlow 0.9.0
-    # tensors have no version counter): a snapshot is compared with them on each call (one small comparison),
-    # so in-place updates (EMA, load_state_dict, an optimizer step) are never served stale.
+    # The map depends on the parameters only, not on the batch: in eval without gradients it is computed once and
+    # reused by every batch until the weights may have changed: ``train()``/``eval()``, a state-dict load and a
+    # move (``to``, a parallel layout) drop it. No value is read back from the device to detect a change, so
+    # after updating weights in place while in eval (an EMA update), call ``eval()`` again (evaluate() does).
     def _can_cache(self, x):
         """Eval, no autograd, eager; global tensors only when every rank holds the whole parameters (so all
         ranks decide alike: a recomputation is a global op every rank must run)."""
@@ -195,23 +159,28 @@ class TokenMap(nn.Module):
         named = list(self.named_parameters(recurse=False)) + list(self.named_buffers(recurse=False))
         return [t for name, t in named if name != "token_proj_n_bias"]
 
-    def _weights_snapshot(self):
-        return flow.cat([(t.to_local() if t.is_global else t).reshape(-1).to(flow.float32)
-                         for t in self._map_inputs()])
-
     def cached_token_map(self, mask=None):
-        """:meth:`token_map` for ``mask`` (by identity), recomputed only when the weights changed."""
-        snap = self._weights_snapshot()
+        """:meth:`token_map` for ``mask`` (by identity), computed once until the cache is dropped."""
         cache = self.__dict__.get("_map_cache")
-        if (cache is None or cache[0] is not mask or cache[1].shape != snap.shape or cache[1].device != snap.device
-                or not bool((cache[1] == snap).all().numpy())):
-            cache = (mask, snap, self.token_map(mask))
+        if cache is None or cache[0] is not mask:
+            cache = (mask, self.token_map(mask))
             self.__dict__["_map_cache"] = cache
-        return cache[2]
+        return cache[1]
+
+    def drop_cached_map(self):
+        self.__dict__.pop("_map_cache", None)
 
     def train(self, mode=True):
-        self.__dict__.pop("_map_cache", None)  # training recomputes every call; drop the memory
+        self.drop_cached_map()
         return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.drop_cached_map()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.drop_cached_map()
+        return super()._load_from_state_dict(*args, **kwargs)
 
 
 class GQPE(TokenMap):
@@ -269,9 +238,8 @@ class GQPE(TokenMap):
 
     def _features_t(self):
         """``rel_indices`` as ``(D, N*N)``. Eagerly a contiguous copy kept between calls (made again when the buffer
-        is replaced, e.g. placed as a global tensor): with the transposed view OneFlow copied it before every
-        matmul, 2 of the 5 ms of a level-2 map of posmlp_t (3.1 vs 1.0 ms for the matmul, measured). The buffer
-        is a function of the window only, so nothing a step changes can make the copy stale."""
+        is replaced): OneFlow copies a transposed view before every matmul otherwise (docs/benchmark.md). The buffer is
+        a function of the window only, so nothing a step changes can make the copy stale."""
         rel = self.rel_indices
         features_t = rel.reshape(self.seq_len * self.seq_len, -1).transpose(0, 1)
         if rel.is_lazy:  # inside an nn.Graph: the graph plans the layout itself
@@ -349,5 +317,5 @@ def dense_mix(proj: nn.Linear, x: flow.Tensor, mask=None) -> flow.Tensor:
     else:
         out = flow.matmul(weight, x.reshape(B * W, N, C)).reshape(B, W, N, C)
     if proj.bias is not None:
-        out = add_token_bias(out, proj.bias.reshape(1, N, 1))
+        out = out + proj.bias.reshape(1, 1, N, 1)
     return out

@@ -18,7 +18,8 @@ import math
 import numpy as np
 import oneflow as flow
 
-from . import pipeline
+from ..cpu_kernels import apply_cpu_kernels
+from . import devices, pipeline
 from .errors import LayoutError
 from .tensor_parallel import DEFAULT_MODE, check_mode, check_tensor_parallel, configure_blocks, tensor_parallel_plan
 
@@ -28,8 +29,11 @@ class ParallelContext:
         self.world = flow.env.get_world_size()
         self.rank = flow.env.get_rank()
         self.device = dist_cfg["device"]
+        self.cpu_kernels = dist_cfg.get("cpu_kernels", True)
         if self.device == "cuda" and not flow.cuda.is_available():
             raise LayoutError("dist.device is 'cuda' but OneFlow sees no CUDA device; use --opts dist.device=cpu")
+        if self.device == "cuda":
+            devices.check_this_process()  # the rank's device is visible, the GPU can run the wheel's kernels
         tp, pp = dist_cfg["tensor_parallel"], dist_cfg["pipeline_parallel"]
         dp = dist_cfg["data_parallel"] or max(self.world // (tp * pp), 1)
         if dp * tp * pp != self.world:
@@ -88,10 +92,14 @@ class ParallelContext:
         pipeline.level_stages(len(model.levels), self.pipeline_parallel)
 
     def apply(self, module):
-        """Move ``module`` to the device; under several ranks make it global: each parameter on its pipeline
-        stage's placement with its tensor-parallel SBP (``broadcast`` on the data-parallel axis), stored in the
-        plan's order where the plan permutes it (:attr:`~.tensor_parallel.Plan.orders`; undone by :meth:`gather`)."""
+        """Move ``module`` to the device (on CPU with the CPU kernels, unless ``dist.cpu_kernels`` or
+        ``POSMLP_CPU_KERNELS=0`` turns them off: :func:`~oneflow_posmlp.cpu_kernels.apply_cpu_kernels`); under several
+        ranks make it global: each parameter on its pipeline stage's placement with its tensor-parallel SBP
+        (``broadcast`` on the data-parallel axis), stored in the plan's order where the plan permutes it
+        (:attr:`~.tensor_parallel.Plan.orders`; undone by :meth:`gather`)."""
         module.to(self.device)
+        if self.device == "cpu":
+            apply_cpu_kernels(module, self.cpu_kernels)
         if not self.distributed:
             return module
         self.check_model(module)

@@ -1,7 +1,9 @@
 """Convert official PosMLP checkpoints (PyTorch) to OneFlow weights and back, checking every key and shape.
 
-PyTorch -> OneFlow: read the file without PyTorch (:mod:`.torch_reader`, :mod:`.safetensors_io`), pick
-the weights (:func:`.extract_state_dict`), find the architecture, check keys and shapes against the
+Sits above ``checkpoint/`` (the readers and the loader) and ``models/`` (conversion builds the model).
+
+PyTorch -> OneFlow: read the file without PyTorch (:mod:`.checkpoint.torch_reader`, :mod:`.checkpoint.safetensors_io`),
+pick the weights (:func:`.checkpoint.extract_state_dict`), find the architecture, check keys and shapes against the
 OneFlow model, copy tensor by tensor into it (at most about two copies of the weights in memory), save as
 safetensors with the metadata in the header (or, on request, a OneFlow directory).
 OneFlow directory -> safetensors: a flat file the official PyTorch model loads with ``strict=True``.
@@ -12,17 +14,15 @@ import os
 
 import numpy as np
 
-from .errors import CheckpointError
-from .oneflow_io import is_oneflow_checkpoint, save_oneflow_weights
-from .safetensors_io import is_safetensors, load_safetensors
-from .state_dict import extract_state_dict
-from .torch_reader import Record, load_torch_checkpoint
-from .weights import decode_metadata, load_weights, save_weights
+from .checkpoint.errors import CheckpointError
+from .checkpoint.load import load_into_model
+from .checkpoint.oneflow_io import is_oneflow_checkpoint, save_oneflow_weights
+from .checkpoint.safetensors_io import is_safetensors, load_safetensors
+from .checkpoint.state_dict import extract_state_dict
+from .checkpoint.torch_reader import Record, load_torch_checkpoint
+from .checkpoint.weights import decode_metadata, load_weights, save_weights
 
 FORMATS = ("safetensors", "oneflow")
-
-HEAD_PREFIX = "head."
-
 
 def sha256_of(path, chunk=1 << 20):
     h = hashlib.sha256()
@@ -74,71 +74,6 @@ def model_config_from_args(args):
     return cfg
 
 
-def check_keys(expected, given, allow_head_mismatch=False):
-    """Compare ``{name: shape}`` maps. Returns ``(problems, dropped)``: human-readable problem lines and the
-    head keys dropped under ``allow_head_mismatch``."""
-    dropped = []
-    problems = []
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    mismatched = [k for k in expected if k in given and tuple(expected[k]) != tuple(given[k])]
-    if allow_head_mismatch:
-        dropped = [k for k in mismatched + unexpected if k.startswith(HEAD_PREFIX)]
-        mismatched = [k for k in mismatched if k not in dropped]
-        unexpected = [k for k in unexpected if k not in dropped]
-        missing_head = [k for k in missing if k.startswith(HEAD_PREFIX)]
-        missing = [k for k in missing if k not in missing_head]
-        dropped += [k for k in missing_head if k not in dropped]
-    for k in missing:
-        problems.append(f"missing in checkpoint: {k} (model expects {list(expected[k])})")
-    for k in unexpected:
-        problems.append(f"unexpected in checkpoint: {k} {list(given[k])}")
-    for k in mismatched:
-        problems.append(f"shape mismatch: {k}: checkpoint {list(given[k])}, model {list(expected[k])}")
-    return problems, dropped
-
-
-def load_into_model(model, state, allow_head_mismatch=False):
-    """Copy numpy ``state`` into ``model`` tensor by tensor (entries are released as they are copied).
-
-    Raises :class:`CheckpointError` listing every missing, unexpected and mismatched key.
-    """
-    import oneflow as flow
-
-    target = model.state_dict()
-    problems, dropped = check_keys({k: tuple(v.shape) for k, v in target.items()},
-                                   {k: tuple(np.shape(v)) for k, v in state.items()}, allow_head_mismatch)
-    if problems:
-        hint = "" if allow_head_mismatch or not any(p.split(": ", 1)[-1].startswith(HEAD_PREFIX) for p in problems) \
-            else "; to fine-tune with another classifier pass --allow-head-mismatch"
-        hint += _windows_hint(model, state)
-        raise CheckpointError(f"the checkpoint does not fit the model ({len(problems)} problems{hint}):\n  "
-                              + "\n  ".join(problems))
-    with flow.no_grad():
-        for key in list(state):
-            value = state.pop(key)
-            if key in dropped:
-                continue
-            tensor = target[key]
-            src = flow.tensor(np.array(value, dtype=np.dtype(str(tensor.dtype).replace("oneflow.", ""))))
-            tensor.copy_(src)
-            del value, src
-    return dropped
-
-
-def _windows_hint(model, state):
-    """Where the weights' windows differ from the model's: the loaders that carry them over (``transfer.py``)."""
-    from .transfer import weights_windows
-
-    have = weights_windows(state)
-    want = list(getattr(model, "config", {}).get("win_size", []))
-    if not have or all(have.get(i, w) == w for i, w in enumerate(want)):
-        return ""
-    return (f"; the weights have windows {[have.get(i) for i in range(len(want))]}, the model {want}: "
-            f"create_model(weights=), train --init and eval/predict/export --weights carry weights over to other "
-            f"windows (docs/model.md, 'Fine-tune at another resolution')")
-
-
 def convert_torch_to_oneflow(src, dst, model_cfg=None, model_source=None, ema=False, allow_head_mismatch=False,
                              dtype="float32", log=print, out_format="safetensors"):
     """Convert ``src`` (torch zip/legacy or safetensors) to OneFlow weights at ``dst``: a safetensors file
@@ -147,7 +82,7 @@ def convert_torch_to_oneflow(src, dst, model_cfg=None, model_source=None, ema=Fa
     ``model_cfg``: a config ``model:`` section (from --model/--config); when None, the checkpoint's
     ``args.model_hyper`` is used. Returns ``(model, meta)``.
     """
-    from ..models import build_model, resolve_model_config
+    from .models import build_model, resolve_model_config  # (OneFlow: not at import, so --help stays quick)
 
     if out_format not in FORMATS:
         raise CheckpointError(f"--format must be one of {', '.join(FORMATS)}, got {out_format!r}")

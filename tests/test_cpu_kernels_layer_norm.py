@@ -1,12 +1,12 @@
-"""models/norm.py: the CPU LayerNorm (BatchNorm kernel on rows) against nn.LayerNorm, forward and backward;
-models/patch_embed.py's Conv2d (bias added after the convolution on CPU) against nn.Conv2d."""
+"""cpu_kernels/layer_norm.py: the CPU LayerNorm (BatchNorm kernel on rows) against nn.LayerNorm, forward and backward;
+cpu_kernels/conv.py: Conv2d (bias added after the convolution on CPU) against nn.Conv2d."""
 import numpy as np
 import oneflow as flow
 import oneflow.nn as nn
 import pytest
 
-from oneflow_posmlp.models.norm import LayerNorm, _rows_normalized_composed, uses_cpu_path
-from oneflow_posmlp.models.patch_embed import Conv2d
+from oneflow_posmlp.cpu_kernels.layer_norm import LayerNorm, _rows_normalized_composed, uses_cpu_path
+from oneflow_posmlp.cpu_kernels.conv import Conv2d
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 16, 8), (5, 8), (2, 4, 4, 8)])

@@ -1,4 +1,4 @@
-"""models/activation.py: the NumPy-computed GELU equals OneFlow's exact GELU on CPU, forward and backward."""
+"""cpu_kernels/gelu.py: the NumPy-computed GELU equals OneFlow's exact GELU on CPU, forward and backward."""
 import json
 
 import numpy as np
@@ -6,7 +6,7 @@ import oneflow as flow
 import pytest
 from launch import ROOT, launcher, run_bounded
 
-from oneflow_posmlp.models.activation import GELU, gelu, uses_numpy_path
+from oneflow_posmlp.cpu_kernels.gelu import GELU, gelu, uses_numpy_path
 
 
 def values(n=300_001):  # more than two NumPy blocks, with the edge values

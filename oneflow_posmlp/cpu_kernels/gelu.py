@@ -1,27 +1,20 @@
-"""GELU (exact, erf form) that OneFlow 0.9.0 runs fast on CPU.
+"""Exact GELU (erf form) computed with NumPy's vectorized float32 ufuncs: a CPU kernel.
 
-OneFlow 0.9.0's CPU ``gelu`` calls the scalar ``erff`` per element and its gradient runs through the generic
-broadcast-binary loop with ``erff`` and ``exp`` again: 7.9 ns per value forward and 13.8 ns backward on this
-project's CPU, 10-20x PyTorch's vectorized kernel (posmlp_t at batch 4: 0.72 s of a 3.7 s train step against
-0.08 s in the official PyTorch code, both measured by ``oneflow_posmlp.bench.profile``). On local CPU tensors
-(and each rank's part of a global CPU tensor) :class:`GELU` computes the same function with NumPy's
-vectorized float32 ufuncs on the tensor's memory (``Tensor.numpy()`` shares it; the output is a OneFlow tensor
-written through its view), in blocks of 131,072 values (the fastest of 2^15-2^18 measured). In training the forward
-computes ``gelu'(x)`` beside ``gelu(x)`` and keeps it instead of ``x`` (the same memory as saving the input), so
-the backward is one product ``dy * gelu'(x)``: NumPy 3.5-3.6 ns per value for both together, the product 0.3 ns,
-against 2.7 ns forward + 3.3 ns for a backward that recomputes erf (a level-0 activation of posmlp_t at batch 4,
-AMD EPYC, one core). Inference computes ``gelu(x)`` alone.
+Why: OneFlow 0.9.0's CPU ``gelu`` calls the scalar ``erff`` per element, forward and backward, about 10x slower
+than a vectorized kernel (docs/benchmark.md). On eager float32 CPU tensors (local, or each rank's part of a global
+one without a partial-sum axis) :func:`gelu` writes ``gelu(x)`` through NumPy views of OneFlow-allocated outputs
+(``Tensor.numpy()`` shares the memory); in training the forward also writes ``gelu'(x)`` and keeps it instead of
+``x``, so the backward is one product ``dy * gelu'(x)``. Inference computes ``gelu(x)`` alone.
 
-``erf`` is the Abramowitz-Stegun 7.1.26 form (absolute error <= 1.5e-7), the one PyTorch's own vectorized
-CPU ``erf`` (``Vectorized<float>::erf``) and therefore its CPU GELU use, so the official code computes the
-same approximation on this CPU. With ``a = |x| / sqrt(2)``, ``t = 1 / (1 + p a)``,
-``q = t (p1 + p2 t + p3 t^2 + p4 t^3 + p5 t^4) exp(-a^2)`` (``= 1 - erf(a)``):
+``erf`` is the Abramowitz-Stegun 7.1.26 form (absolute error <= 1.5e-7), the one PyTorch's vectorized CPU ``erf``
+uses. With ``a = |x| / sqrt(2)``, ``t = 1 / (1 + p a)``, ``q = t (p1 + p2 t + ... + p5 t^4) exp(-a^2)``
+(``= 1 - erf(a)``)::
 
     gelu(x)  = x Phi(x) = (x + |x| (1 - q)) / 2
     gelu'(x) = Phi(x) + x phi(x),   Phi(x) = (1 + sign(x) (1 - q)) / 2,   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
 
-Matches OneFlow's ``gelu`` within 3e-7 absolute on unit-scale inputs (``tests/test_models_activation.py``).
-Inside an ``nn.Graph``, on CUDA, and for partial-sum global tensors the built-in ``gelu`` runs.
+Promise: within 3e-7 of OneFlow's ``gelu`` on unit-scale inputs (tests/test_cpu_kernels_gelu.py). Inside an
+``nn.Graph``, on CUDA, below :data:`MIN_VALUES` values and for partial-sum global tensors the built-in runs.
 """
 import math
 
@@ -29,7 +22,7 @@ import numpy as np
 import oneflow as flow
 import oneflow.nn as nn
 
-from .cpu import on_cpu
+from .device import on_cpu
 
 BLOCK = 1 << 17  # values per NumPy pass: the fastest of 2^15-2^18 (smaller blocks pay each ufunc call's overhead)
 _P = 0.3275911 / math.sqrt(2.0)  # t = 1 / (1 + p |x| / sqrt 2)
@@ -87,9 +80,8 @@ def gelu_forward_np(x, out):
 
 def _derivative(x, r, ex, scratch):
     """``r <- gelu'(x) = Phi(x) + x phi(x)`` from ``r = erf(|x| / sqrt 2)`` and ``ex = exp(-x^2 / 2)`` (``ex``
-    and ``scratch`` are overwritten). ``Phi(x) = 1/2 + copysign(r / 2, x)``: the sign bit of ``x`` is copied onto
-    ``r / 2 >= 0`` with two integer ops on the bits (``np.copysign`` and ``np.sign`` take 0.55-0.6 ns per value
-    here, a bitwise op 0.1)."""
+    and ``scratch`` are overwritten). ``Phi(x) = 1/2 + copysign(r / 2, x)``, the sign bit copied with integer ops
+    on the bits (faster than ``np.copysign``)."""
     np.multiply(r, 0.5, out=r)
     bits = scratch.view(np.int32)
     np.bitwise_and(x.view(np.int32), _SIGN_BIT, out=bits)
@@ -169,7 +161,7 @@ def uses_numpy_path(x):
 
 
 def gelu(x):
-    """Exact GELU, ``(...) -> (...)``, fast on CPU (see the module docstring)."""
+    """Exact GELU, ``(...) -> (...)``: NumPy where :func:`uses_numpy_path`, else OneFlow's ``gelu``."""
     if uses_numpy_path(x):
         if x.requires_grad and flow.is_grad_enabled():
             return _NumpyGelu.apply(x)
@@ -178,7 +170,7 @@ def gelu(x):
 
 
 class GELU(nn.GELU):
-    """``nn.GELU`` (no parameters, same module type for hooks and exports) computed by :func:`gelu`."""
+    """``nn.GELU`` computed by :func:`gelu` (no parameters; an ``nn.GELU`` for hooks and exports)."""
 
     def forward(self, x):  # (no super(): nn.Graph calls via a proxy)
         return gelu(x)

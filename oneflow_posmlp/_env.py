@@ -97,21 +97,61 @@ def prepare_process(show_logs=False, environ=None):
 
 def import_oneflow_quietly():
     """``import oneflow`` with its known start-up noise (:data:`IMPORT_NOISE`) removed from stderr; every other
-    line it prints is passed on. Verbose (``POSMLP_VERBOSE=1``) or already imported: a plain import."""
+    line it prints is passed on. Verbose (``POSMLP_VERBOSE=1``) or already imported: a plain import. On a CPU-only
+    machine, also :func:`quiet_session_start`."""
     if "oneflow" in sys.modules or verbose():
         import oneflow  # noqa: F401
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import oneflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines()
-            for line in lines:
-                if not any(noise in line for noise in IMPORT_NOISE):
+    with _filtered_stderr(IMPORT_NOISE):
+        import oneflow  # noqa: F401
+    if cpu_only_machine():
+        quiet_session_start()
+
+
+class _filtered_stderr:
+    """Within the block, file descriptor 2 (C++ and Python alike) goes to a temporary file; at its end every line
+    holding none of ``noise`` is passed on to stderr."""
+
+    def __init__(self, noise):
+        self.noise = noise
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        self.captured = tempfile.TemporaryFile()
+        os.dup2(self.captured.fileno(), 2)
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        with self.captured:
+            self.captured.seek(0)
+            for line in self.captured.read().decode(errors="replace").splitlines():
+                if not any(noise in line for noise in self.noise):
                     print(line, file=sys.stderr)
+
+
+SESSION_NOISE = ("Failed to get cuda runtime version",)  # glog ERROR lines, so GLOG_minloglevel=2 keeps them
+
+
+def quiet_session_start():
+    """OneFlow starts its session when the first ``nn.Graph`` is built (graph mode, ONNX export) and then, on a
+    machine without CUDA, logs ``E... cuda_device_manager_factory.cpp:65] Failed to get cuda runtime version``
+    as a glog error. This wraps that one start (``MultiClientSession.TryInit`` while the session is not started)
+    in :class:`_filtered_stderr` of :data:`SESSION_NOISE`; every other line passes. Call it on CPU-only machines
+    only (there the line says nothing), after OneFlow is imported."""
+    from oneflow.framework.multi_client_session import MultiClientSession
+
+    start = MultiClientSession.TryInit
+    if getattr(start, "_posmlp_quiet", False):
+        return
+
+    def try_init(self):
+        if self.status_ != self.Status.CREATED:
+            return start(self)
+        with _filtered_stderr(SESSION_NOISE):
+            return start(self)
+
+    try_init._posmlp_quiet = True
+    MultiClientSession.TryInit = try_init

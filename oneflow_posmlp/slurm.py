@@ -111,7 +111,8 @@ def slurm_env(environ=None):
     world = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")
     if "SLURM_PROCID" not in env or not world:
         return {}
-    rank, world = int(env["SLURM_PROCID"]), int(world)
+    rank = _int(env, "SLURM_PROCID")
+    world = _int(env, "SLURM_STEP_NUM_TASKS" if env.get("SLURM_STEP_NUM_TASKS") else "SLURM_NTASKS")
     if not 0 <= rank < world:
         raise ValueError(f"SLURM_PROCID {rank} is outside the {world} tasks of the step")
     nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
@@ -131,6 +132,14 @@ def slurm_env(environ=None):
                              "MASTER_PORT")
         out["MASTER_PORT"] = str(PORT_BASE + int(job) % PORT_SPAN)
     return out
+
+
+def _int(env, name):
+    try:
+        return int(env[name])
+    except ValueError:
+        raise ValueError(f"{name}={env[name]!r} is not a number (SLURM sets it to the task's number); unset it or "
+                         f"start the task with srun") from None
 
 
 def apply_slurm_env(environ=None):

@@ -130,3 +130,22 @@ def test_ints_stay_ints_and_non_numbers_stay_errors(tmp_path):
     path.write_text("train:\n  lr: 1e-3x\n")
     with pytest.raises(ConfigError, match=r"config key 'train.lr' must be float \(like 0.002\), got '1e-3x' \(str\)"):
         load_config(path)
+
+
+def test_a_tab_in_the_indentation_says_to_use_spaces(tmp_path):
+    path = tmp_path / "tab.yaml"
+    path.write_text("train:\n  epochs: 3\n\tlr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML: .*; YAML indents with spaces, not tabs: replace the "
+                                          r"tab \(line 3, column 1\) by spaces$"):
+        load_config(str(path))
+
+
+def test_peek_reads_one_key_before_the_config_is_loaded(tmp_path):
+    from oneflow_posmlp.config.loader import peek
+
+    path = tmp_path / "c.yaml"
+    path.write_text("dist:\n  init_timeout: 7\n")
+    assert peek(str(path), [], "dist.init_timeout") == 7.0
+    assert peek(str(path), ["train.lr=1", "dist.init_timeout=2.5"], "dist.init_timeout") == 2.5
+    assert peek("configs/demo.yaml", ["dist.init_timeout=x"], "dist.init_timeout") == 300.0  # load_config says why
+    assert peek(str(tmp_path / "missing.yaml"), None, "dist.init_timeout") == 300.0

@@ -27,7 +27,7 @@ from oneflow_posmlp.checkpoint import read_oneflow_checkpoint
 from oneflow_posmlp.config import ConfigError, load_config
 from oneflow_posmlp.engine import Trainer
 from oneflow_posmlp.engine.stop import (EXIT_NONFINITE, EXIT_STOPPED, NonFiniteHalt, StopSignals, TimeBudget,
-                                        _describe, any_rank, resolve_signals)
+                                        TrainingStopped, _describe, any_rank, resolve_signals)
 
 TOL = 1e-6
 STOPPED = re.compile(r"stopped \((.+?)\) at epoch (\d+) update (\d+) \(batch (\d+)\)")
@@ -153,7 +153,8 @@ def test_a_tiny_time_budget_ends_with_75_and_a_resumable_last(tiny_demo_root, tm
     code, stdout, stderr = _finish(_train(tiny_demo_root, out, **{"train.max_minutes": 0.001}))
     assert code == EXIT_STOPPED, stderr[-2000:]
     reason, epoch, update, batch = _stop_line(out)
-    assert reason == "train.max_minutes" and "of train.max_minutes left" in stdout
+    margin = re.search(r"; (\d+\.\d) s (of train.max_minutes left|past train.max_minutes); exit 75", stdout)
+    assert reason == "train.max_minutes" and margin, stdout[-2000:]  # seconds: 0.06 s reads 0.0 min
     assert read_oneflow_checkpoint(out / "last")["updates"] == update >= 1
     code, _, stderr = _finish(_train(tiny_demo_root, out, resume=True))
     assert code == 0, stderr[-2000:]
@@ -297,6 +298,79 @@ def test_a_checkpoint_with_non_finite_weights_is_not_written(tiny_demo_root, tmp
                                             r"the last good checkpoint is \S+last \(epoch 0, update 0\)"):
         trainer.save("last")
     assert _digest(tmp_path / "last") == before
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+def test_skip_with_a_model_that_outputs_nan_halts_at_the_epoch_end_and_keeps_the_good_checkpoints(
+        tiny_demo_root, tmp_path, mode):
+    """The issue's try with train.nonfinite=skip: the first update at lr 1e6 is finite (weights up to ~1e6), the
+    next ones are skipped, and the model outputs NaN: the epoch's validation loss is NaN, so `last` and `best` are
+    not written from it; the line names the good checkpoint and only fixes that differ from the settings."""
+    out, graph = tmp_path / "run", {"train.graph": str(mode == "graph").lower()}
+    code, _, stderr = _finish(_train(tiny_demo_root, out, **{"data.limit_train_batches": 0}))
+    assert code == 0, stderr[-2000:]
+    before = {name: _digest(out / name) for name in ("last", "best")}
+    code, stdout, stderr = _finish(_train(tiny_demo_root, out, resume=True, **{
+        "train.epochs": 3, "data.limit_train_batches": 0, "train.lr": "1.0e+6", "train.warmup_epochs": 0,
+        "train.clip_grad": 0, "train.nonfinite": "skip", "train.ema": "true", **graph}))
+    last = stderr.strip().splitlines()[-1]
+    assert code == EXIT_NONFINITE, stderr[-2000:]
+    assert re.fullmatch(r"error: validation loss nan(?: and EMA validation loss nan)? after epoch 1 update 5: last and best "
+                        r"not written; the last good checkpoint is \S+last \(epoch 1, update 4\); lower train.lr \(now "
+                        r"1e\+06\), set train.clip_grad > 0 \(e.g. 5.0\) or set train.warmup_epochs > 0", last), last
+    assert "epoch 1 update 5: loss" in stdout and "skipped" in stdout  # update 5 applied, the next ones skipped
+    assert {name: _digest(out / name) for name in ("last", "best")} == before
+
+
+def test_the_logged_lr_is_the_one_the_update_ran_at(tiny_demo_root, tmp_path):
+    """The first update runs at train.warmup_lr (the schedule's value at update 0); the line after it says so."""
+    code, stdout, stderr = _finish(_train(tiny_demo_root, tmp_path, **{"train.warmup_lr": "3.0e-4"}))
+    assert code == 0, stderr[-2000:]
+    assert re.search(r"epoch 0 update 1: loss \S+ lr 3\.000e-04 ", stdout), stdout[-2000:]
+
+
+SCORES = {0: 50.0, 1: 70.0, 2: 60.0, 3: 65.0}  # top-1 per epoch: best at epoch 1; epochs 2 and 3 are worse
+
+
+def _scripted(trainer, stop_at=()):
+    """``trainer`` with its real evaluation but the top-1 of :data:`SCORES` (model and EMA), and a stop signal
+    noted during the evaluation of the epochs in ``stop_at``: the run stops at the end of those epochs, as when
+    SLURM's signal arrives during an evaluation."""
+    real = trainer.evaluate
+
+    def evaluate(model=None):
+        res = dict(real(model), top1=SCORES[trainer.epoch])
+        if trainer.epoch in stop_at:
+            trainer.stop.signals.received = signal.SIGUSR1
+        return res
+
+    trainer.evaluate = evaluate
+    return trainer
+
+
+def test_a_chain_of_stops_and_resumes_keeps_the_best_of_the_uninterrupted_run(tiny_demo_root, tmp_path):
+    """Stopped at the end of every epoch and resumed (--resume auto): `best` is the uninterrupted run's, by epoch,
+    score and the bytes of its weights, and `last` carries that best."""
+    cfg = load_config("configs/demo.yaml", tiny_train_opts(tiny_demo_root, **{
+        "train.epochs": 4, "data.limit_train_batches": 2, "train.ema": "true"}))
+    full, chain = tmp_path / "full", tmp_path / "chain"
+    assert _scripted(Trainer(cfg, output_dir=str(full))).fit() == 70.0
+    for epoch in range(4):
+        trainer = _scripted(Trainer(cfg, output_dir=str(chain), resume="auto"), stop_at={epoch})
+        if epoch < 3:
+            with pytest.raises(TrainingStopped):
+                trainer.fit()
+        else:
+            trainer.fit()
+        assert trainer.epoch == epoch + 1
+    for name in ("best", "last"):
+        a, b = read_oneflow_checkpoint(full / name), read_oneflow_checkpoint(chain / name)
+        assert (a["best_epoch"], a["best_top1"]) == (b["best_epoch"], b["best_top1"]) == (1, 70.0), name
+        assert a["epoch"] == b["epoch"]
+    a, b = read_oneflow_checkpoint(full / "best"), read_oneflow_checkpoint(chain / "best")
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        assert all(a[part][k].numpy().tobytes() == b[part][k].numpy().tobytes() for k in a[part]), part
 
 
 # ----------------------------------------------------------------- 2 ranks: real signals, exit codes, exact resume

@@ -73,6 +73,17 @@ def test_nothing_readable_exits_2_with_an_error_line(trained, tiny_demo_root, tm
     (tmp_path / "x.jpg").write_text("garbage")
     code, out, err = run_predict(capsys, trained, tiny_demo_root, str(tmp_path / "x.jpg"))
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: no image could be read")
+    assert out == ""  # no table of errors alone
+
+
+def test_an_empty_folder_is_one_error_line_and_no_table(trained, tiny_demo_root, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = run_predict(capsys, trained, tiny_demo_root, str(empty))
+    assert code == 2 and out == "", out
+    assert err.strip().splitlines() == [f"error: no image to predict ({empty}: folder holds no images (.jpg, .jpeg, "
+                                        f".png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)); pass image files or folders "
+                                        f"holding images"]
 
 
 def test_labels_file_names_the_classes_and_must_fit_the_head(trained, tiny_demo_root, tmp_path, capsys):

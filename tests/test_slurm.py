@@ -74,6 +74,8 @@ def test_nothing_is_mapped_under_a_launcher_or_outside_slurm(env):
     (dict(SRUN, SLURM_PROCID="8"), "SLURM_PROCID 8 is outside the 8 tasks"),
     ({k: v for k, v in SRUN.items() if k != "SLURM_JOB_NODELIST"}, "no SLURM_JOB_NODELIST"),
     (dict(SRUN, SLURM_JOB_ID="12_3"), "SLURM_JOB_ID is not a number"),
+    (dict(SRUN, SLURM_PROCID="x"), "SLURM_PROCID='x' is not a number"),
+    (dict(SRUN, SLURM_NTASKS="eight"), "SLURM_NTASKS='eight' is not a number"),
 ])
 def test_inconsistent_slurm_variables_are_an_error(env, needle):
     with pytest.raises(ValueError, match=needle):

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import tiny_train_opts
 from launch import run_bounded
-from oneflow_posmlp.checkpoint import CheckpointError, save_weights
+from oneflow_posmlp.checkpoint import CheckpointError, read_oneflow_checkpoint, save_weights
 from oneflow_posmlp.checkpoint.oneflow_io import save_oneflow_weights
 from oneflow_posmlp.config import load_config
 from oneflow_posmlp.engine import Trainer
@@ -62,12 +62,13 @@ def test_lr_follows_warmup_then_cosine(trained):
     lrs = [e.value for e in acc.Scalars("train/lr")]
     t = trainer.cfg["train"]
     peak, warm, low, total = trainer.lr, t["warmup_lr"], t["min_lr"], 8  # 2 epochs x 4 updates, 4 of warm-up
-    # logged after update k: the rate of update k+1. Warm-up is linear from warmup_lr; from then on the cosine
-    # runs over all updates (timm's CosineLRScheduler without warmup_prefix, as the official runs)
-    for k in range(3):
-        assert lrs[k] == pytest.approx(warm + (k + 1) * (peak - warm) / 4, rel=1e-5)
-    for k in range(3, 7):  # (after the last update timm would start a new cycle; that rate is never used)
-        assert lrs[k] == pytest.approx(low + 0.5 * (peak - low) * (1 + math.cos(math.pi * (k + 1) / total)), rel=1e-5)
+    # logged after update k + 1: the rate it ran at, the schedule's value at k. Warm-up is linear from warmup_lr;
+    # from then on the cosine runs over all updates (timm's CosineLRScheduler without warmup_prefix, as the
+    # official runs)
+    for k in range(4):
+        assert lrs[k] == pytest.approx(warm + k * (peak - warm) / 4, rel=1e-5)
+    for k in range(4, 8):
+        assert lrs[k] == pytest.approx(low + 0.5 * (peak - low) * (1 + math.cos(math.pi * k / total)), rel=1e-5)
 
 
 def test_eval_tool_reproduces_the_logged_accuracy_from_a_root_with_only_val(trained, tiny_demo_root, tmp_path):
@@ -98,6 +99,22 @@ def test_init_from_converted_weights_with_another_head(tiny_demo_root, tmp_path,
     w = trainer.model.levels[0].encoder[0].proj_c_e.weight.numpy()
     assert np.array_equal(w, donor.levels[0].encoder[0].proj_c_e.weight.numpy())
     assert tuple(trainer.model.head.weight.shape) == (4, 128)
+
+
+def test_init_with_a_resume_says_once_that_the_resume_wins(trained, tiny_demo_root, tmp_path):
+    import shutil
+
+    _, out = trained
+    run = tmp_path / "run"
+    shutil.copytree(os.path.join(out, "last"), run / "last")
+    cfg = load_config("configs/demo.yaml", tiny_train_opts(tiny_demo_root))
+    donor = build_model(dict(cfg["model"], num_classes=10))
+    save_weights({k: v.numpy() for k, v in donor.state_dict().items()}, tmp_path / "w")
+    trainer = Trainer(cfg, output_dir=str(run), init=str(tmp_path / "w"), resume="auto")
+    resumed = read_oneflow_checkpoint(run / "last", tensor=lambda a: a)["model"]["head.weight"]
+    assert np.array_equal(trainer.model.head.weight.numpy(), resumed)  # the resumed weights, not the init's
+    log = (run / "log_rank0.txt").read_text()
+    assert log.count(f"--init {tmp_path / 'w'} is not used: --resume continues from {run / 'last'}") == 1, log
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(trained, tiny_demo_root, tmp_path):

@@ -97,7 +97,7 @@ def _read_tensor(root, name):
         shape = tuple(int(s) for s in meta.shape.dim)
         dtype = np.dtype(dtype_util.convert_oneflow_dtype_to_numpy_dtype(
             dtype_util.convert_proto_dtype_to_oneflow_dtype(meta.data_type)))
-    except (OSError, text_format.ParseError, ValueError, KeyError, TypeError) as err:
+    except (OSError, text_format.ParseError, ValueError, KeyError, TypeError, NotImplementedError) as err:
         raise CheckpointError(f"tensor '{name}': unreadable meta ({type(err).__name__}: {err})") from None
     data = os.path.join(d, "out")
     count = 1
@@ -150,6 +150,6 @@ def read_oneflow_checkpoint(path, tensor=None):
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}; the checkpoint is incomplete or corrupt") from None
     except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError,
-            struct.error, OSError, MemoryError, RecursionError) as err:
+            struct.error, OSError, MemoryError, RecursionError, OverflowError) as err:
         raise CheckpointError(f"{path}: the checkpoint's pickle is truncated or corrupt ({type(err).__name__}: "
                               f"{err}); it is incomplete or corrupt") from None

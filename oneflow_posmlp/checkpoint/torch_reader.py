@@ -47,25 +47,43 @@ class _Storage:
         self.data = None  # 1-D numpy array once read
 
 
+def _count(value, what):
+    """``value`` as a count (an int >= 0), else CheckpointError naming ``what``."""
+    if type(value) is not int or value < 0:  # (bool is no count either)
+        raise CheckpointError(f"malformed checkpoint: {what} is {value!r:.40}, not a count")
+    return value
+
+
 class _TensorRef:
-    """A tensor to materialise once its storage holds data."""
+    """A tensor to materialise once its storage holds data. Its offset, shape and strides come from the
+    pickle: each is checked to be a count, and the elements it spans to lie inside its storage."""
 
     def __init__(self, storage, offset, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+        if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)) or len(size) != len(stride):
+            raise CheckpointError(f"malformed checkpoint: a tensor's shape {size!r:.60} and strides {stride!r:.60} "
+                                  f"do not match")
+        self.storage, self.offset = storage, _count(offset, "a tensor's storage offset")
+        self.size = tuple(_count(v, "a tensor dimension") for v in size)
+        self.stride = tuple(_count(v, "a tensor stride") for v in stride)
 
     def materialize(self):
         data = self.storage.data
         if data is None:
             raise CheckpointError(f"storage '{self.storage.key}' has no data: the checkpoint is truncated or "
                                   f"corrupt; re-download or re-export it")
-        count = int(np.prod(self.size)) if self.size else 1
+        count = 1
+        for s in self.size:  # Python ints: no overflow
+            count *= s
         if count == 0:
+            if len(self.size) > 64 or max(self.size) > data.shape[0] + 1:
+                raise CheckpointError(f"malformed checkpoint: an empty tensor of shape {self.size!r:.80}")
             arr = np.zeros(self.size, data.dtype)
         else:
             last = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride))
-            if self.offset < 0 or last >= data.shape[0]:
-                raise CheckpointError(f"tensor of shape {self.size} reaches past the end of storage "
-                                      f"'{self.storage.key}' ({data.shape[0]} elements): the checkpoint is corrupt")
+            if last >= data.shape[0] or count > data.shape[0] or len(self.size) > 64:
+                raise CheckpointError(f"tensor of shape {self.size!r:.80} (offset {self.offset}) reaches past the end "
+                                      f"of storage '{self.storage.key}' ({data.shape[0]} elements) or holds more "
+                                      f"elements than it: the checkpoint is corrupt")
             strides = [st * data.itemsize for st in self.stride]
             arr = np.lib.stride_tricks.as_strided(data[self.offset:], self.size, strides, writeable=False)
             arr = np.ascontiguousarray(arr).reshape(self.size)  # copies only non-contiguous tensors
@@ -141,7 +159,7 @@ def _unpickle(fileobj, storage_loader):
     except CheckpointError:
         raise
     except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError,
-            struct.error) as err:
+            struct.error, OverflowError, MemoryError, RecursionError, UnicodeDecodeError) as err:
         raise CheckpointError(f"the checkpoint's pickle is truncated or corrupt ({type(err).__name__}: {err}); "
                               f"re-download or re-export it") from None
 
@@ -172,7 +190,7 @@ def _storage_type(value):
 def _load_zip(path):
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as err:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
         raise CheckpointError(f"{path}: truncated or corrupt zip checkpoint ({err}); re-download or re-export it") \
             from None
     with zf:
@@ -186,17 +204,24 @@ def _load_zip(path):
             stype, key, _location, numel = record[:4]
             key = str(key)
             if key not in storages:
-                stype = _storage_type(stype)
+                stype, numel = _storage_type(stype), _count(numel, f"the element count of storage '{key}'")
                 name = f"{prefix}data/{key}"
                 try:
-                    raw = zf.read(name)
+                    size = zf.getinfo(name).file_size
                 except KeyError:
                     raise CheckpointError(f"{path}: storage record '{name}' is missing from the zip; the "
                                           f"checkpoint is incomplete, re-download or re-export it") from None
-                except (zipfile.BadZipFile, OSError, EOFError) as err:
+                nbytes = numel * stype.dtype.itemsize
+                if nbytes > size:  # checked before reading: the pickle's count is not trusted
+                    raise CheckpointError(f"{path}: storage record '{name}' holds {size} bytes, fewer than "
+                                          f"its {numel} elements need; the checkpoint is corrupt")
+                try:
+                    with zf.open(name) as data:
+                        raw = data.read(nbytes)
+                except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as err:
                     raise CheckpointError(f"{path}: storage record '{name}' is corrupt ({err})") from None
                 storage = _Storage(stype, numel, key)
-                if len(raw) < numel * stype.dtype.itemsize:
+                if len(raw) < nbytes:
                     raise CheckpointError(f"{path}: storage record '{name}' holds {len(raw)} bytes, fewer than "
                                           f"its {numel} elements need; the checkpoint is corrupt")
                 storage.data = np.frombuffer(raw, dtype=stype.dtype, count=numel)
@@ -206,55 +231,74 @@ def _load_zip(path):
         try:
             with zf.open(pkl[0]) as f:
                 obj = _unpickle(f, load_storage)
-        except (zipfile.BadZipFile, OSError) as err:
+        except CheckpointError:  # (a ValueError)
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as err:
             raise CheckpointError(f"{path}: corrupt zip checkpoint ({err})") from None
         return _materialize(obj)
 
 
 def _load_legacy(path):
-    with open(path, "rb") as f:
-        def plain(what):
-            try:
-                return _RestrictedUnpickler(f, lambda r: None).load()
-            except UnsafeCheckpointError:
-                raise
-            except Exception:  # any other failure here means the header is not a torch header
-                raise CheckpointError(f"{path}: not a PyTorch checkpoint (no {what} where one was expected), or "
-                                      f"the file is truncated") from None
+    """The legacy format: pickles of the magic number, the protocol version and the system info, the object (its
+    storages as persistent records declaring type and element count), the list of storage keys; then per key an
+    8-byte element count and the raw data. Every count is checked against the one the pickle declared and the
+    bytes left in the file before anything is read or allocated."""
+    with open(path, "rb") as fh:
+        buf = fh.read()
+    f = io.BytesIO(buf)
 
-        if plain("magic number") != LEGACY_MAGIC:
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint (wrong magic number)")
-        plain("protocol version")
-        plain("system info")
-        storages = {}
+    def plain(what):
+        try:
+            return _RestrictedUnpickler(f, lambda r: None).load()
+        except UnsafeCheckpointError:
+            raise
+        except Exception:  # any other failure here means the header is not a torch header
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (no {what} where one was expected), or "
+                                  f"the file is truncated") from None
 
-        def load_storage(record):
-            stype, key, _location, numel, view = record[:5]
-            key = str(key)
-            if view is not None:
-                raise CheckpointError(f"{path}: legacy storage views are not supported; re-save the checkpoint "
-                                      f"with torch >= 1.6")
-            if key not in storages:
-                storages[key] = _Storage(_storage_type(stype), numel, key)
-            return storages[key]
+    if plain("magic number") != LEGACY_MAGIC:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (wrong magic number)")
+    plain("protocol version")
+    plain("system info")
+    storages = {}
 
-        obj = _unpickle(f, load_storage)
-        keys = plain("storage key list")
-        for key in keys:
-            storage = storages.get(str(key))
-            if storage is None:
-                raise CheckpointError(f"{path}: storage '{key}' is listed but never used; the checkpoint is corrupt")
-            header = f.read(8)
-            if len(header) < 8:
-                raise CheckpointError(f"{path}: truncated: storage '{key}' is missing; re-download or re-export it")
-            numel = struct.unpack("<q", header)[0]
-            nbytes = numel * storage.type.dtype.itemsize
-            raw = f.read(nbytes)
-            if numel != storage.numel or len(raw) < nbytes:
-                raise CheckpointError(f"{path}: truncated or corrupt: storage '{key}' holds {len(raw)} of "
-                                      f"{nbytes} bytes; re-download or re-export it")
-            storage.data = np.frombuffer(raw, dtype=storage.type.dtype)
-        return _materialize(obj)
+    def load_storage(record):
+        stype, key, _location, numel, view = record[:5]
+        key = str(key)
+        if view is not None:
+            raise CheckpointError(f"{path}: legacy storage views are not supported; re-save the checkpoint "
+                                  f"with torch >= 1.6")
+        if key not in storages:
+            stype, numel = _storage_type(stype), _count(numel, f"the element count of storage '{key}'")
+            if numel * stype.dtype.itemsize > len(buf):
+                raise CheckpointError(f"{path}: storage '{key}' declares {numel} elements, more than the file's "
+                                      f"{len(buf)} bytes hold; the checkpoint is truncated or corrupt")
+            storages[key] = _Storage(stype, numel, key)
+        return storages[key]
+
+    obj = _unpickle(f, load_storage)
+    keys = plain("storage key list")
+    if not isinstance(keys, (list, tuple)) or len(keys) > len(storages):
+        raise CheckpointError(f"{path}: its storage key list is malformed ({type(keys).__name__} of "
+                              f"{len(keys) if isinstance(keys, (list, tuple)) else '?'} for {len(storages)} "
+                              f"storages); the checkpoint is corrupt")
+    for key in keys:
+        storage = storages.get(str(key))
+        if storage is None or storage.data is not None:
+            raise CheckpointError(f"{path}: storage '{key!s:.40}' is listed but never used, or listed twice; the "
+                                  f"checkpoint is corrupt")
+        header = f.read(8)
+        if len(header) < 8:
+            raise CheckpointError(f"{path}: truncated: storage '{key}' is missing; re-download or re-export it")
+        numel = struct.unpack("<q", header)[0]
+        nbytes, left = storage.numel * storage.type.dtype.itemsize, len(buf) - f.tell()
+        if numel != storage.numel or nbytes > left:
+            raise CheckpointError(f"{path}: truncated or corrupt: storage '{key}' declares {numel} elements in the "
+                                  f"file and {storage.numel} in the pickle, and {left} bytes are left for its "
+                                  f"{nbytes}; re-download or re-export it")
+        storage.data = np.frombuffer(buf, dtype=storage.type.dtype, count=storage.numel, offset=f.tell())
+        f.seek(nbytes, io.SEEK_CUR)
+    return _materialize(obj)
 
 
 def load_torch_checkpoint(path):

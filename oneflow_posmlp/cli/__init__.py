@@ -3,9 +3,10 @@
 and run by the thin ``tools/*.py``; and their shared plumbing here: config loading, ``--verbose`` and clean errors.
 """
 import argparse
+import os
 import sys
 
-from .. import _env, slurm
+from .. import _env, rendezvous, slurm
 
 
 def config_parser(description, **kwargs):
@@ -54,7 +55,14 @@ def add_verbose(parser):
     return parser
 
 
-def run(main, verbose=False):
+def init_timeout(args):
+    """``dist.init_timeout`` of the tool's ``-c`` config and ``--opts``, read before OneFlow is imported."""
+    from ..config.loader import peek
+
+    return peek(getattr(args, "config", None), getattr(args, "opts", None), "dist.init_timeout")
+
+
+def run(main, verbose=False, join_timeout=None):
     """Call ``main()`` after importing OneFlow (its CPU start-up noise hidden unless ``verbose`` or
     ``POSMLP_VERBOSE=1``); user errors (bad config, data, checkpoint, layout, export) become one ``error: ...``
     line and exit 2. Anything else is a bug and keeps its traceback. Started by ``srun`` without a launcher,
@@ -65,12 +73,17 @@ def run(main, verbose=False):
     (``engine.logger.expect_log``: ``posmlp-train`` does once the config names the output directory) and its
     directory exists (``engine.logger.log_error``), then to
     stderr: under ``oneflow.distributed.launch`` the launcher ends every rank as soon as one exits and then prints
-    its own ``CalledProcessError`` traceback (docs/parallel.md), so each rank's log says why the job stopped."""
+    its own ``CalledProcessError`` traceback (docs/parallel.md), so each rank's log says why the job stopped.
+
+    A multi-rank start meets its ranks first (``oneflow_posmlp/rendezvous.py``), for at most ``join_timeout``
+    seconds (``dist.init_timeout``, :func:`init_timeout`; None: the schema default)."""
     _env.prepare_process(verbose)  # CPU defaults and quiet logs, before OneFlow starts
     try:
         slurm.apply_slurm_env()
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _join(join_timeout)
+    except (ValueError, rendezvous.JoinError) as err:
+        if not getattr(err, "quiet", False):
+            print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     _env.import_oneflow_quietly()
     from ..checkpoint import CheckpointError
@@ -88,3 +101,12 @@ def run(main, verbose=False):
         log_error(line)
         print(line, file=sys.stderr, flush=True)
         return 2
+
+
+def _join(timeout):
+    if timeout is None:
+        from ..config.schema import DEFAULTS
+
+        timeout = DEFAULTS["dist"]["init_timeout"]
+    source = "SLURM" if os.environ.get(slurm.MARK) else "RANK/WORLD_SIZE"
+    rendezvous.join(timeout, source)

@@ -11,7 +11,7 @@ nothing in it runs); weights of other windows than the config's model are carrie
 import json
 import sys
 
-from . import config_parser, run
+from . import config_parser, init_timeout, run
 
 
 def note(line):
@@ -43,7 +43,7 @@ def main(argv=None):
                               "loss": round(res["loss"], 5), "images": res["count"]}))
         return 0
 
-    return run(go, verbose=args.verbose)
+    return run(go, verbose=args.verbose, join_timeout=init_timeout(args))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,11 @@ def main(argv=None):
 
         cfg = load_config(args.config, list(args.opts))
         files, errors = collect_images(args.paths)
+        if not files:  # nothing to predict: the reasons, before any model or weights are read
+            reasons = "; ".join(f"{path}: {reason}" for path, reason in errors)
+            print(f"error: no image to predict ({reasons}); pass image files or folders holding images",
+                  file=sys.stderr)
+            return 2
         model = build_model(cfg["model"])
         _, _, meta = load_pretrained(model, load_weights(args.weights, ema=args.ema), source=args.weights,
                                      head_fix=CONFIG_HEAD_FIX, log=lambda line: print(line, file=sys.stderr))  # other windows
@@ -43,10 +48,12 @@ def main(argv=None):
         results = [{"path": path, "error": reason} for path, reason in errors]
         results += list(predict(model, transform, files, names, topk=args.topk, batch_size=args.batch_size))
         failed = [r for r in results if "error" in r]
-        if args.json:
-            print(json.dumps({"predictions": [r for r in results if "error" not in r], "errors": failed}, indent=1))
-        else:
-            print(format_table(results))
+        if len(failed) < len(results):  # (no table of errors alone: they follow as error lines)
+            if args.json:
+                print(json.dumps({"predictions": [r for r in results if "error" not in r], "errors": failed},
+                                 indent=1))
+            else:
+                print(format_table(results))
         for r in failed:
             print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
         if len(failed) == len(results):

@@ -7,12 +7,13 @@
     srun --ntasks-per-node 8 python tools/train.py -c configs/posmlp_b.yaml      # ranks from SLURM (docs/cluster.md)
 
 Exit codes: 0 finished; 75 stopped early (a stop signal, train.max_minutes) with a resumable `last`: run it again
-with --resume auto; 3 halted on a non-finite loss or gradient norm (nothing written); 2 bad input; 1 a bug.
+with --resume auto; 3 halted on a non-finite loss, gradient norm or validation loss (nothing written); 2 bad input
+(or ranks that did not meet within dist.init_timeout); 1 a bug.
 """
 import sys
 import time
 
-from . import config_parser, run
+from . import config_parser, init_timeout, run
 
 
 def main(argv=None):
@@ -45,7 +46,7 @@ def main(argv=None):
             return halt.exit_code
         return 0
 
-    return run(go, verbose=args.verbose)
+    return run(go, verbose=args.verbose, join_timeout=init_timeout(args))
 
 
 if __name__ == "__main__":

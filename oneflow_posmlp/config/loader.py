@@ -148,12 +148,49 @@ def load_config(path=None, opts=None):
             raise ConfigError(f"config path {path} is a directory; pass a YAML file such as configs/demo.yaml") \
                 from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_error(err)}") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections "
                               f"({', '.join(DEFAULTS)}), got {type(doc).__name__}")
         _merge(cfg, doc, "")
     return apply_opts(cfg, opts) if opts else _finish(cfg)
+
+
+def _yaml_error(err):
+    """PyYAML's message on one line, with the fix for the usual mistake: a tab in the indentation."""
+    text = " ".join(str(err).split())
+    if "'\\t'" in str(err):
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        text += f"; YAML indents with spaces, not tabs: replace the tab{where} by spaces"
+    return text
+
+
+def peek(path, opts, key):
+    """The value of the dotted ``key`` as the file ``path`` and ``--opts`` set it, else its schema default, without
+    loading the whole config (which may import OneFlow: ``aug.auto_augment`` is checked by flowvision). For what
+    is needed before OneFlow starts (``dist.init_timeout``); anything unreadable gives the default, and the full
+    :func:`load_config` reports it afterwards."""
+    default = value = _schema_default(key)
+
+    def read(source):
+        try:
+            node = source()
+            for part in key.split("."):
+                node = node[part]
+            return check_value(key, default, node)
+        except (OSError, yaml.YAMLError, ConfigError, KeyError, TypeError):
+            return None
+
+    def from_file():
+        with open(path) as f:
+            return load_yaml(f)
+
+    for source in (from_file if path is not None else dict,
+                   lambda: parse_opts([o for o in opts or [] if o.split("=", 1)[0].strip() == key])):
+        found = read(source)
+        value = value if found is None else found
+    return value
 
 
 def _finish(cfg):

@@ -129,6 +129,7 @@ DEFAULTS = {
         "pipeline_parallel": 1,
         "zero_stage": 0,         # nn.Graph ZeRO sharding of optimizer state (0: off, 1-3: stage)
         "activation_checkpointing": [],  # level indices whose blocks recompute activations, e.g. [0, 1]
+        "init_timeout": 300.0,   # seconds the ranks wait for each other at the start (oneflow_posmlp/rendezvous.py)
     },
     "log": {
         "tensorboard": True,
@@ -207,6 +208,7 @@ RANGES = {
     ("dist", "data_parallel"): (0, _INF),
     ("dist", "tensor_parallel"): (1, _INF),
     ("dist", "pipeline_parallel"): (1, _INF),
+    ("dist", "init_timeout"): (1e-3, _INF),
     ("model", "in_chans"): (1, _INF),
     ("model", "num_levels"): (1, _INF),
     ("model", "num_classes"): (0, _INF),

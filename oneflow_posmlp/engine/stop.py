@@ -20,7 +20,7 @@ import oneflow as flow
 from ..config.signals import CATCHABLE, resolve_signals  # noqa: F401  (re-exported)
 
 EXIT_STOPPED = 75    # EX_TEMPFAIL: stopped early with a resumable `last`; resume me (0 stays "finished")
-EXIT_NONFINITE = 3   # halted on a non-finite loss or gradient norm; no checkpoint was written
+EXIT_NONFINITE = 3   # halted on a non-finite loss, gradient norm or validation loss; no checkpoint was written
 
 
 class TrainingStopped(Exception):
@@ -29,8 +29,9 @@ class TrainingStopped(Exception):
 
 
 class NonFiniteHalt(Exception):
-    """A non-finite loss or gradient norm (``train.nonfinite: halt``, or ``skip`` past its patience): nothing was
-    written (exit :data:`EXIT_NONFINITE`); the message names the update, the epoch and the last good checkpoint."""
+    """A non-finite loss or gradient norm (``train.nonfinite: halt``, or ``skip`` past its patience), or validation
+    loss: nothing was written (exit :data:`EXIT_NONFINITE`); the message names the update, the epoch and the last
+    good checkpoint."""
     exit_code = EXIT_NONFINITE
 
 

@@ -6,7 +6,7 @@ Loop control at every update boundary (``engine/stop.py``, docs/cluster.md): a s
 ``train.max_minutes`` budget saves ``last`` and raises :class:`~oneflow_posmlp.engine.stop.TrainingStopped`
 (exit 75); a non-finite loss or gradient norm on any rank skips the update (``train.nonfinite: skip``) or raises
 :class:`~oneflow_posmlp.engine.stop.NonFiniteHalt` without writing anything; no checkpoint is written with
-non-finite values.
+non-finite values, nor from a model whose validation loss is not finite.
 
 One process or many (``python -m oneflow.distributed.launch``): see :class:`~oneflow_posmlp.parallel.ParallelContext`.
 """
@@ -59,12 +59,17 @@ class Trainer:
         check_graph_options(t, cfg["dist"])  # before any data is read
         self.out = output_dir or cfg["output"]["dir"]
         # checkpoints are read (safely, see checkpoint.oneflow_reader) before anything is written
-        init_weights = load_weights(init) if init else None  # (arrays, metadata)
         resume_path, recovered = self._resume_path(resume)
         state = load_training_state(resume_path, cfg) if resume_path else None
+        ignored_init, init = (init, None) if init and state else (None, init)  # the resumed weights win
+        init_weights = load_weights(init) if init else None  # (arrays, metadata)
         self.log = setup_logging(self.out, self.ctx.rank)
         if recovered:
             self.log.warning(recovered)
+        if ignored_init:
+            self.log.warning(f"--init {ignored_init} is not used: --resume continues from {resume_path} (its weights, "
+                             f"optimizer and counters); --init applies only to a run that starts fresh (a new "
+                             f"--output, or --resume auto before the first `last` is written)")
         self._seed(t["seed"])
 
         self.train_set, self.val_set = build_datasets(cfg)
@@ -103,7 +108,8 @@ class Trainer:
         self.loss_sum = self.loss_count = 0.0
         self.best_top1, self.best_epoch = -1.0, -1
         self.nonfinite_skips = self.nonfinite_streak = 0  # skipped updates: in all, and in a row now
-        self.last_good = None  # (path, epoch, update) of the newest checkpoint known to be good
+        self.last_good = None  # (path, epoch, update, validated) of the newest `last` with finite values
+        self.best_good = None  # (path, epoch, update or None) of `best` (its validation loss was finite)
         if state:
             self._restore(state, resume_path)
         params = sum(p.numel() for p in self.model.parameters())
@@ -158,7 +164,10 @@ class Trainer:
         self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
         self.nonfinite_skips = state.get("nonfinite_skips", 0)  # (absent from checkpoints of earlier versions)
         self.nonfinite_streak = state.get("nonfinite_streak", 0)
-        self.last_good = (path, self.epoch, self.updates)
+        self.last_good = (path, self.epoch, self.updates, not self.batch_in_epoch)
+        best = os.path.join(self.out, "best")
+        if self.best_epoch >= 0 and os.path.isdir(best):
+            self.best_good = (best, self.best_epoch + 1, None)
         self._restore_rank_buffers(state.get("rank_buffers"))
         # the schedule is rebuilt from the config and moved to the saved update (it is a function of the update
         # number): an unchanged config continues exactly, a longer train.epochs extends the cosine
@@ -228,19 +237,22 @@ class Trainer:
                 value = rows[self.ctx.data_rank] if own else rows.to(flow.float64).mean(0).to(rows.dtype)
                 local.copy_(value.to(local.device))
 
-    def save(self, name):
+    def save(self, name, validated=False):
         """Write the training checkpoint ``OUTPUT/name`` (atomically), unless it holds a non-finite value: then
-        nothing is written and :class:`NonFiniteHalt` is raised (on every rank). Returns the seconds taken."""
+        nothing is written and :class:`NonFiniteHalt` is raised (on every rank). ``validated``: its validation
+        loss is known to be finite (a ``last`` at the end of an evaluated epoch). Returns the seconds taken."""
         start = time.time()
         path = os.path.join(self.out, name)
         state = self.state()
         bad = self._nonfinite_parts(state)
         if bad:
             raise NonFiniteHalt(f"non-finite values in {', '.join(bad)} at epoch {self.epoch} update {self.updates}: "
-                                f"{path} was not written; {self._last_good_text()}; {NONFINITE_FIX}")
+                                f"{path} was not written; {self._last_good_text()}; {self._nonfinite_fix()}")
         save_training_state(path, state, self.ctx)
         if name == "last":
-            self.last_good = (path, self.epoch, self.updates)
+            self.last_good = (path, self.epoch, self.updates, validated)
+        elif name == "best":
+            self.best_good = (path, self.epoch, self.updates)
         seconds = time.time() - start
         self.stop.budget.record("save", seconds)
         return seconds
@@ -257,11 +269,40 @@ class Trainer:
                                                                   .all().numpy())))
         return [part for part, bad in zip(parts, any_rank(flags, self.ctx)) if bad]
 
-    def _last_good_text(self):
-        if self.last_good:
-            path, epoch, update = self.last_good
-            return f"the last good checkpoint is {path} (epoch {epoch}, update {update})"
+    def _last_good_text(self, validated=False):
+        """Names the newest checkpoint with finite values (``validated``: also a finite validation loss; a `last`
+        written mid-epoch since has replaced the last validated one, so then it is `best`)."""
+        good = self.last_good if self.last_good and (self.last_good[3] or not validated) else self.best_good
+        if good:
+            path, epoch, update = good[:3]
+            return f"the last good checkpoint is {path} (epoch {epoch}" + \
+                (f", update {update})" if update is not None else ")")
         return "no checkpoint was written by this run (and it did not resume from one)"
+
+    def _nonfinite_fix(self, skip_helps=True):
+        """What to change, only what differs from the current settings."""
+        t = self.cfg["train"]
+        fixes = [f"lower train.lr (now {t['lr']:g})"]
+        if t["clip_grad"] <= 0:
+            fixes.append("set train.clip_grad > 0 (e.g. 5.0)")
+        if t["warmup_epochs"] <= 0:
+            fixes.append("set train.warmup_epochs > 0")
+        text = ", ".join(fixes[:-1]) + (" or " if len(fixes) > 1 else "") + fixes[-1]
+        if skip_helps and t["nonfinite"] != "skip":
+            text += "; to step over isolated bad batches set train.nonfinite=skip"
+        return text
+
+    def _check_val_finite(self, row):
+        """Halt (:class:`NonFiniteHalt`) when the epoch's validation loss (or the EMA's) is not finite: its model
+        outputs NaN or infinity, so neither `last` nor `best` is written from it. The same on every rank (the
+        evaluation is reduced over the ranks)."""
+        bad = [f"{name} {row[key]:.4g}" for key, name in (("eval_loss", "validation loss"),
+                                                         ("ema_eval_loss", "EMA validation loss"))
+               if key in row and not math.isfinite(row[key])]
+        if bad:
+            raise NonFiniteHalt(f"{' and '.join(bad)} after epoch {self.epoch} update {self.updates}: last and best "
+                                f"not written; {self._last_good_text(validated=True)}; "
+                                f"{self._nonfinite_fix(skip_helps=False)}")
 
     # ----------------------------------------------------------------- training
     def fit(self):
@@ -290,14 +331,17 @@ class Trainer:
             if self._eval_due():
                 row.update(self._evaluate_and_log())
                 self.stop.budget.record("eval", time.time() - eval_start)  # with the epoch's other end work
+            self._check_val_finite(row)  # a model whose validation loss is NaN is no checkpoint: halt first
             self.epoch += 1
             self.batch_in_epoch, self.loss_sum, self.loss_count = 0, 0.0, 0.0
             if self.csv:
                 self.csv.append(row)
-            self.save("last")
+            # `best` first, then `last`, both carrying the updated best: a resume from `last` knows this best, and
+            # a kill between the two leaves the previous `last`, whose rerun of the epoch writes `best` again
             if row.get("eval_top1", -1) > self.best_top1:
                 self.best_top1, self.best_epoch = row["eval_top1"], row["epoch"]
                 self.save("best")
+            self.save("last", validated="eval_loss" in row)
             if self.epoch < epochs:  # a boundary too: `last` is this very state, so a stop here writes nothing
                 decision = self.stop.decide(next_seconds=self.stop.budget.update_seconds())
                 if decision.stop:
@@ -350,11 +394,12 @@ class Trainer:
                     self.nonfinite_streak = 0
                     self.loss_sum += result.loss_sum
                     self.loss_count += result.micro_batches
+                    lr = self._lr()  # the rate this update ran at (_after_update moves to the next one's)
                     self._after_update()
                     if self.updates % t["log_interval"] == 0 or self.batch_in_epoch == total:
                         speed = window_images / max(time.time() - window_start, 1e-9)
-                        self._log_step(result.loss, result.grad_norm, speed, data_time)
-                        progress.set_postfix(loss=f"{result.loss:.3f}", lr=f"{self._lr():.2e}")
+                        self._log_step(result.loss, lr, result.grad_norm, speed, data_time)
+                        progress.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}")
                         window_start, window_images = time.time(), 0
                     every = self.cfg["output"]["save_every_steps"]
                     if every > 0 and self.updates % every == 0:
@@ -433,7 +478,7 @@ class Trainer:
         else:
             what = "non-finite loss or gradient norm"
         raise NonFiniteHalt(f"{what} at {where} ({values}): stopped without writing a checkpoint; "
-                            f"{self._last_good_text()}; {NONFINITE_FIX}")
+                            f"{self._last_good_text()}; {self._nonfinite_fix(skip_helps=t['nonfinite'] != 'skip')}")
 
     def _stopped(self, decision, saved):
         """Save ``last`` at this update (unless ``saved``: its seconds, already written here; None with no
@@ -443,7 +488,8 @@ class Trainer:
             saved = self.save("last")
         how = f"saved {path} in {saved:.1f} s" if saved is not None else f"{path} (written at the end of the epoch)"
         left = self.stop.budget.left()
-        budget = f"; {left / 60:.1f} of train.max_minutes left" if math.isfinite(left) else ""
+        budget = ("" if not math.isfinite(left) else f"; {left:.1f} s of train.max_minutes left" if left >= 0
+                  else f"; {-left:.1f} s past train.max_minutes")
         msg = (f"stopped ({decision.stop}) at epoch {self.epoch} update {self.updates} (batch {self.batch_in_epoch}): "
                f"{how}{budget}; exit 75: continue with --resume auto")
         self.log.info(msg)
@@ -463,13 +509,14 @@ class Trainer:
     def _lr(self):
         return self.optimizer.param_groups[0]["lr"]
 
-    def _log_step(self, loss, grad_norm, speed, data_time):
+    def _log_step(self, loss, lr, grad_norm, speed, data_time):
+        """One line (and TensorBoard scalars) for the update just applied; ``lr``: the rate it ran at."""
         mfu = self.mfu.of(speed)  # engine/mfu.py; NaN where the device's peak is unknown
         mfu = float("nan") if mfu is None else mfu
-        self.log.info(f"epoch {self.epoch} update {self.updates}: loss {loss:.4f} lr {self._lr():.3e} "
+        self.log.info(f"epoch {self.epoch} update {self.updates}: loss {loss:.4f} lr {lr:.3e} "
                       f"grad_norm {grad_norm:.3f} {speed:.1f} img/s MFU {mfu:.3f} data {data_time * 1000:.0f} ms")
         if self.tb:
-            for tag, value in (("train/loss", loss), ("train/lr", self._lr()), ("train/grad_norm", grad_norm),
+            for tag, value in (("train/loss", loss), ("train/lr", lr), ("train/grad_norm", grad_norm),
                                ("train/images_per_sec", speed), ("train/mfu", mfu), ("train/data_time", data_time)):
                 if not math.isnan(value):  # the grad norm of a graph with accumulation, an MFU without a known peak
                     self.tb.add_scalar(tag, value, self.updates)
@@ -499,10 +546,6 @@ class Trainer:
                     self.tb.add_scalar(tag, row[key], self.epoch)
             self.tb.flush()
         return row
-
-
-NONFINITE_FIX = ("lower train.lr, keep train.clip_grad > 0, or set train.nonfinite=skip to step over isolated bad "
-                 "batches")
 
 
 def _tensors(obj):

@@ -120,10 +120,10 @@ def test_graph_mode_on_cpu_hides_oneflows_cuda_runtime_line(tiny_demo_root, tmp_
     env = {k: v for k, v in os.environ.items() if k != _env.GLOG_LEVEL}
     cmd = [sys.executable, *train_cmd(tiny_demo_root, tmp_path, **{"train.graph": "true",
                                                                     "data.limit_train_batches": 1})]
-    quiet = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    quiet = run_bounded(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "cuda runtime version" not in quiet.stderr, quiet.stderr
-    verbose = subprocess.run(cmd + ["--verbose"], env=env, capture_output=True, text=True, timeout=300)
+    verbose = run_bounded(cmd + ["--verbose"], env=env, capture_output=True, text=True, timeout=300)
     assert "Failed to get cuda runtime version" in verbose.stderr  # (OneFlow does print it: this is what is hidden)
 
 

@@ -27,7 +27,12 @@ def rng_state():
     ``core/framework/random_generator.cpp``: ``ManualSeed`` -> ``AutoGeneratorImpl::set_current_seed``,
     generators created later take its seed), so a resumed run draws what the uninterrupted one drew without
     their state. OneFlow 0.9.0 has no ``flow.cuda.get_rng_state`` (calling it ended every run on a GPU host in
-    its first epoch), and ``flow.Generator("cuda")`` aborts the process where the driver is missing."""
+    its first epoch), and ``flow.Generator("cuda")`` aborts the process where the driver is missing.
+
+    The OneFlow entry is exact only from a ``flow.manual_seed`` on: in OneFlow 0.9.0, after a
+    ``flow.set_rng_state`` the default generator's ``get_state`` keeps reporting the state that was set while
+    draws move on, until the next ``flow.manual_seed`` (checked by hand: get, draw, set, draw, get). The training
+    path reseeds every micro-batch, so no draw that a resume must repeat depends on it."""
     return {"python": random.getstate(), "numpy": np.random.get_state(), "oneflow": flow.get_rng_state()}
 
 

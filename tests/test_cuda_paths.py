@@ -68,8 +68,8 @@ def test_demo_run_with_cuda_reported_finishes_and_resumes_exactly(cuda_reported,
     full, mid = tmp_path / "full", tmp_path / "mid"
     real_save = Trainer.save
 
-    def save(self, name):  # keep the checkpoint of update 6 (mid epoch 1) aside
-        seconds = real_save(self, name)
+    def save(self, name, **kw):  # keep the checkpoint of update 6 (mid epoch 1) aside
+        seconds = real_save(self, name, **kw)
         if name == "last" and self.updates == 6 and self.batch_in_epoch:
             shutil.copytree(full / "last", mid / "last")
         return seconds

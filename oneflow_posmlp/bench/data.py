@@ -2,7 +2,7 @@
 transforms (decode included), loader images/s with N workers, main-process ms per batch outside the step (the
 device preparation and Mixup/CutMix), host reads per update (eager and graph, counted); and beside them, in the
 same run, the official pipeline (timm 0.4.5 ``create_transform(..., use_prefetcher=True)``, run by another
-Python that has torch and timm: ``--official-python``, ``bench/_official_data.py``).
+Python that has torch and timm: ``--official-python``, ``scripts/official_data_pipeline.py``).
 
 The folder read is ``ROOT/<split>/<class>/*`` (or shards with ``--opts data.format=shards``)."""
 import json
@@ -20,7 +20,9 @@ from ..data.transforms import build_transforms
 from ..engine.randomness import numpy_seeded
 from .host_reads import HostReads
 
-OFFICIAL_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_official_data.py")
+# a file of the checkout, not of the package (it imports PyTorch): the side-by-side run is a developer's measurement
+OFFICIAL_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                               "scripts", "official_data_pipeline.py")
 
 
 def _as_worker():
@@ -109,6 +111,8 @@ def official(python, root, cfg, images, workers, batch):
             "train_interpolation": a["train_interpolation"], "interpolation": a["interpolation"],
             "scale": a["scale"], "ratio": a["ratio"], "hflip": a["hflip"], "vflip": a["vflip"],
             "mean": a["mean"], "std": a["std"], "reprob": a["reprob"]}
+    if not os.path.isfile(OFFICIAL_SCRIPT):
+        return {"error": f"{OFFICIAL_SCRIPT} not found: the side-by-side run needs a checkout of oneflow-posmlp"}
     res = subprocess.run([python, OFFICIAL_SCRIPT, json.dumps(spec)], capture_output=True, text=True, timeout=1800)
     if res.returncode != 0:
         return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}

@@ -1,17 +1,13 @@
-"""Run by ``bench/data.py`` with ANOTHER Python (torch + timm 0.4.5), never imported by the package: the official
-PosMLP input pipeline's cost on the same images. ``python _official_data.py SPEC_JSON`` prints one JSON line.
+"""Run by ``oneflow_posmlp/bench/data.py`` with ANOTHER Python (torch + timm 0.4.5, a scratch venv outside the
+repository); it lives outside the package so that nothing of the package imports PyTorch. The official PosMLP
+input pipeline's cost on the same images: ``python official_data_pipeline.py SPEC_JSON`` prints one JSON line.
 
 As the official ``train.py`` runs it: timm's ``create_transform(..., use_prefetcher=True)`` (ends in uint8; the
 GPU converts and normalises), images decoded by timm's ``ImageDataset`` loader (PIL, RGB)."""
 import json
-import os
 import sys
 import time
 import types
-
-# run by path, this folder is sys.path[0]: its modules (profile.py, data.py) would shadow the standard library's
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 # the PyPI torchvision wheel's C ops need CUDA torch libraries that a CPU torch lacks; its import registers fake
 # kernels for them and fails. The transforms timm uses are pure Python: skip that registration.

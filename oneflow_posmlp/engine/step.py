@@ -22,6 +22,7 @@ and clipping inside the graph). The lr schedule and the EMA are the trainer's, a
 :func:`build_training` builds the optimizer, the lr schedule and the step object of a config's ``train:``
 section: the trainer and the benchmark (``oneflow_posmlp.bench``) both call it, so they run the same step.
 """
+import contextlib
 import math
 from collections import namedtuple
 
@@ -100,9 +101,22 @@ def device_clip_grad_norm(ctx, params, max_norm):
     return norm
 
 
+# The named phases of EagerStep.run, in order: "inputs" (to_global of the micro-batch, the drop-path keep masks
+# set), "forward" (autocast, criterion(model(x), y)), "backward", and at the update's last micro-batch "clipping"
+# (unscale, clip), "read" (the update's one host read), "step" (the AdamW step, when applied), "zero_grad".
+# A profiler marks them through EagerStep.phases (bench/profile.py).
+RUN_PHASES = ("inputs", "forward", "backward", "clipping", "read", "step", "zero_grad")
+
+
+def no_phase(name):
+    """The default of :attr:`EagerStep.phases`: no marker, nothing added to the step (no read, no sync)."""
+    return contextlib.nullcontext()
+
+
 class EagerStep:
     """Forward and backward per micro-batch (the loss scaled by ``1 / accum``), then unscale, clip (by one
-    global norm or per parameter group, ``clip_scope``), step and zero the gradients."""
+    global norm or per parameter group, ``clip_scope``), step and zero the gradients. ``phases``: a
+    ``name -> context manager`` factory entered around each of :data:`RUN_PHASES` (default :func:`no_phase`)."""
 
     def __init__(self, model, criterion, optimizer, ctx, accum=1, clip_grad=0.0, clip_scope="global", amp=False):
         self.model, self.criterion, self.optimizer, self.ctx = model, criterion, optimizer, ctx
@@ -112,21 +126,24 @@ class EagerStep:
         self.scaler = DynamicLossScaler(enabled=amp)
         self.buffers = BufferSnapshot(model)
         self._loss_sum, self._micro = None, 0  # the update's summed losses (a device tensor) and micro-batches
+        self.phases = no_phase  # name -> context manager around each phase of ``run`` (:data:`RUN_PHASES`)
 
     @property
     def loss_scale(self):
         return self.scaler.scale if self.amp else None
 
     def run(self, x, y, keep, seed_step, agree=None):
-        ctx = self.ctx
+        ctx, phase = self.ctx, self.phases
         if not self._micro:  # the update's first micro-batch
             self.buffers.take()
         seed_oneflow(*seed_step)
-        x, y = ctx.to_global_batch(x, y)
-        set_drop_path_keep(self.drop_paths, None if keep is None else ctx.to_global_batch(keep))
-        with autocast(self.amp, ctx.device):
+        with phase("inputs"):
+            x, y = ctx.to_global_batch(x, y)
+            set_drop_path_keep(self.drop_paths, None if keep is None else ctx.to_global_batch(keep))
+        with phase("forward"), autocast(self.amp, ctx.device):
             loss = self.criterion(self.model(x), y)
-        self.scaler.scale_loss(loss / self.accum).backward()
+        with phase("backward"):
+            self.scaler.scale_loss(loss / self.accum).backward()
         set_drop_path_keep(self.drop_paths, None)
         loss = loss.detach().to(flow.float64)  # summed on the device: no read per micro-batch
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
@@ -135,11 +152,13 @@ class EagerStep:
             return None
         loss_sum, micro = ctx.replicate(self._loss_sum), self._micro
         self._loss_sum, self._micro = None, 0
-        scaler_finite = self.scaler.unscale(self.params)  # None without AMP; else a device flag, no read
-        # logged: the norm of all gradients before clipping (a device scalar; the clipping needs no read either)
-        norm = clip_gradients(self.optimizer, self.clip_grad, self.clip_scope, self._clip_norm)
-        parts = [loss_sum, norm, scaler_finite if scaler_finite is not None else flow.ones_like(loss_sum)]
-        loss_sum, grad_norm, scaler_ok = _read(update_values(ctx, parts), agree)  # the update's one host read
+        with phase("clipping"):
+            scaler_finite = self.scaler.unscale(self.params)  # None without AMP; else a device flag, no read
+            # logged: the norm of all gradients before clipping (a device scalar; the clipping needs no read either)
+            norm = clip_gradients(self.optimizer, self.clip_grad, self.clip_scope, self._clip_norm)
+        with phase("read"):
+            parts = [loss_sum, norm, scaler_finite if scaler_finite is not None else flow.ones_like(loss_sum)]
+            loss_sum, grad_norm, scaler_ok = _read(update_values(ctx, parts), agree)  # the update's one host read
         loss = loss_sum / micro
         finite = math.isfinite(loss)
         if self.amp:
@@ -150,11 +169,13 @@ class EagerStep:
         else:
             scaler_ok = True
             finite = finite and math.isfinite(grad_norm)
-        if finite and scaler_ok:
-            self.optimizer.step()
+        with phase("step"):
+            if finite and scaler_ok:
+                self.optimizer.step()
         if not finite:
             self.buffers.restore()
-        self.optimizer.zero_grad()
+        with phase("zero_grad"):
+            self.optimizer.zero_grad()
         return StepResult(loss, loss_sum, micro, grad_norm, finite)
 
     def _clip_norm(self, params, max_norm):

@@ -74,37 +74,76 @@ def test_forward_hooks_restore_the_hooks_after_an_error():
     assert [(list(m._forward_pre_hooks.items()), list(m._forward_hooks.items())) for m in model.modules()] == before
 
 
-def _eager_step(model, drop_path=True):
+def _eager_updater(model):
+    """The trainer's update routine over an eager step of ``model`` (its drop paths), and one update's
+    micro-batches ``[(x, y)]``."""
     from oneflow_posmlp.config import load_config
-    from oneflow_posmlp.engine.step import build_training, micro_batch_keep
+    from oneflow_posmlp.engine.step import build_training
+    from oneflow_posmlp.engine.update import Updater
     from oneflow_posmlp.models.drop import drop_path_modules
     from oneflow_posmlp.parallel import ParallelContext
 
     cfg = load_config(None, ["train.batch_size=2", "train.clip_grad=1.0", "dist.device=cpu"])
     ctx = ParallelContext(cfg["dist"])
     training = build_training(cfg, model, flow.nn.CrossEntropyLoss(), ctx, updates_per_epoch=1)
-    x, y = flow.randn(2, 3, 32, 32), flow.tensor([1, 3])
-    keep = micro_batch_keep(drop_path_modules(model), 2, ctx, (0, 0, 0)) if drop_path else None
-    return training.step, [(x, y, keep, (0, 0, 0))]
+    updater = Updater(training.step, training.scheduler, ctx, 0, drop_path_modules(model), model)
+    return updater, [(flow.randn(2, 3, 32, 32), flow.tensor([1, 3]))]
 
 
 @pytest.mark.parametrize("clock", ["wall", "cpu"])
 def test_train_step_profile_times_forward_backward_and_phases(clock):
     model = build_model(dict(TINY, drop_path_rate=0.1))
     before = snapshot(model)
-    step, batches = _eager_step(model)
+    updater, batches = _eager_updater(model)
     w0 = model.head.weight.numpy().copy()
-    prof = profile_train_step(step, batches, repeat=1, clock=clock)
+    prof = profile_train_step(updater, batches, repeat=1, clock=clock)
     assert snapshot(model) == before  # hooks restored, nothing replaced
     assert not (model.head.weight.numpy() == w0).all()  # the optimizer stepped, as in training
     kinds = prof["by_kind_ms"]
     for kind in ("Linear", "GELU", "LayerNorm", "Conv2d", "token mixing (group_mix bmm, permutes)", "drop path",
                  "PoSGU rest (chunk, u*v)", "loss"):
         assert kinds[kind]["forward"] > 0 and kinds[kind]["backward"] > 0, kind
-    assert set(prof["phases_ms"]) == set(PHASES) and all(v > 0 for v in prof["phases_ms"].values())
+    assert list(prof["phases_ms"]) == list(PHASES) and all(v > 0 for v in prof["phases_ms"].values())
     total = prof["forward_ms"] + prof["backward_ms"] + sum(prof["phases_ms"].values())
     assert total <= prof["hooked_step_ms"] * 1.0001 and total >= 0.5 * prof["hooked_step_ms"]
     assert prof["allreduce_ms"] is None and prof["batch_size"] == 2 and prof["clock"] == clock
+
+
+def test_train_step_profile_runs_the_update_routine_and_its_step_object():
+    """The profile times the trainer's own code: every update goes through ``Updater.update`` and the step
+    object's ``run`` (no copy of its sequence), whose phases it marks through ``step.phases`` and gives back."""
+    from oneflow_posmlp.engine.step import RUN_PHASES, no_phase
+    from oneflow_posmlp.bench.profile import _Phases
+
+    model = build_model(dict(TINY, drop_path_rate=0.1))
+    updater, batches = _eager_updater(model)
+    step, runs, phases = updater.step, [], []
+    real_run = step.run
+
+    def run(x, y, keep, seed_step, agree=None):
+        runs.append(seed_step)
+        assert keep is not None and keep.shape == (2, len(updater.drop_paths))  # the updater's masks
+        marker = step.phases
+
+        def spy(name):
+            phases.append(name)
+            return marker(name)
+
+        step.phases = spy
+        try:
+            return real_run(x, y, keep, seed_step, agree)
+        finally:
+            step.phases = marker
+
+    step.run = run
+    lr0 = updater.lr
+    prof = profile_train_step(updater, batches, repeat=2)
+    # one unhooked warm-up, 2 unhooked, one hooked warm-up, 2 hooked: 6 updates of one micro-batch, seeded in turn
+    assert runs == [(0, u, 0) for u in range(6)]
+    assert phases == list(RUN_PHASES) * 6 and set(_Phases.KEYS) == set(RUN_PHASES)
+    assert updater.lr != lr0  # the schedule moved after every applied update, as in training
+    assert step.phases is no_phase
+    assert prof["phases_ms"][PHASES[2]] > 0  # the update's host read is marked
 
 
 def test_timeline_gives_each_interval_to_the_innermost_open_region():

@@ -34,15 +34,15 @@ Kinds and what their exclusive time holds:
 - ``loss``: the criterion (soft-target or label-smoothing cross entropy);
 - ``other``: the rest of the hooked forward (stem glue, pooling, head, top-level permutes) or backward.
 """
+import contextlib
 import time
 from collections import defaultdict
 
 import oneflow as flow
 import oneflow.nn as nn
 
-from ..engine.optim import clip_gradients
-from ..engine.randomness import seed_oneflow
-from ..models.drop import DropPath, Dropout, set_drop_path_keep
+from ..engine.step import EagerStep
+from ..models.drop import DropPath, Dropout
 from ..models.hooks import forward_hooks
 from ..models.layers import PosMLPLayer, PosMLPLevel
 from ..models.posgu import SGU, PoSGU
@@ -69,14 +69,15 @@ LOSS = "loss"
 OTHER = "other"
 NOTE = ("eager forward, eval mode, no grad; exclusive time per module kind (forward hooks with a synchronisation "
         "at every timed boundary); % of the hooked forward")
-TRAIN_NOTE = ("eager train step (the trainer's EagerStep sequence), exclusive time per module kind: forward hooks, "
+TRAIN_NOTE = ("eager train update (the trainer's Updater and EagerStep), exclusive time per module kind: forward hooks, "
               "and gradient hooks on each timed module's output (its backward starts) and inputs (it ends), every "
               "hook synchronising; parameter gradients and their data-parallel all-reduce fall in the backward of "
               "the module owning them; % of the hooked step")
 # "cpu": this process's CPU seconds (every thread: the Python thread and OneFlow's compute thread), which the other
 # jobs of a shared machine hardly change (a process computes on one core); "wall": elapsed seconds.
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-PHASES = ("inputs (to_global, drop-path masks)", "clipping (grad norm, scale)", "AdamW step", "zero_grad")
+PHASES = ("inputs (to_global, drop-path masks)", "clipping (grad norm, scale)", "host read (the update's scalars)",
+          "AdamW step", "zero_grad")
 
 
 def kind_of(module):
@@ -241,39 +242,30 @@ class _TrainHooks:
         return [(m, self.pre, self.post) for m in mods]
 
 
-def _phased_update(step, micro_batches, timeline, phase_token):
-    """One update of the eager step object ``step`` (:class:`~oneflow_posmlp.engine.step.EagerStep`: the
-    trainer's sequence, without AMP) with each phase opened on ``timeline``."""
-    ctx, model = step.ctx, step.model
+class _Phases:
+    """The step object's phase markers (``EagerStep.phases``, ``engine/step.py``) as regions of ``timeline``: each
+    phase a region of its :data:`PHASES` key, the forward and backward outside timed modules ``other``'s. The
+    backward's end closes every open region (modules whose inputs take no gradient, like the stem, end with the
+    backward) and opens ``base``, uncounted: the time between phases is not a phase."""
 
-    def phase(name):
+    KEYS = {"inputs": PHASES[0], "forward": (OTHER, "forward"), "backward": (OTHER, "backward"),
+            "clipping": PHASES[1], "read": PHASES[2], "step": PHASES[3], "zero_grad": PHASES[4]}
+
+    def __init__(self, timeline, base):
+        self.timeline, self.base = timeline, base
+
+    @contextlib.contextmanager
+    def __call__(self, name):
         token = object()
-        timeline.push(token, name)
-        return token
-
-    for x, y, keep, seed_step in micro_batches:
-        seed_oneflow(*seed_step)
-        t = phase(PHASES[0])
-        x, y = ctx.to_global_batch(x, y)
-        set_drop_path_keep(step.drop_paths, None if keep is None else ctx.to_global_batch(keep))
-        timeline.pop(t)
-        t = phase((OTHER, "forward"))
-        loss = step.criterion(model(x), y)
-        timeline.pop(t)
-        t = phase((OTHER, "backward"))
-        (loss / step.accum).backward()
-        timeline.close_all()  # modules whose inputs take no gradient (the stem) end with the backward
-        timeline.push(phase_token, None)  # (an uncounted base: the time between phases is not a phase)
-        set_drop_path_keep(step.drop_paths, None)
-    t = phase(PHASES[1])
-    clip_gradients(step.optimizer, step.clip_grad, step.clip_scope, ctx.clip_grad_norm_)
-    timeline.pop(t)
-    t = phase(PHASES[2])
-    step.optimizer.step()
-    timeline.pop(t)
-    t = phase(PHASES[3])
-    step.optimizer.zero_grad()
-    timeline.pop(t)
+        self.timeline.push(token, self.KEYS[name])
+        try:
+            yield
+        finally:
+            if name == "backward":
+                self.timeline.close_all()
+                self.timeline.push(self.base, None)
+            else:
+                self.timeline.pop(token)
 
 
 def allreduce_ms(params, repeat=1):
@@ -297,42 +289,55 @@ def allreduce_ms(params, repeat=1):
     return best
 
 
-def profile_train_step(step, micro_batches, repeat=2, clock="wall"):
-    """The eager train step of ``step`` (an :class:`~oneflow_posmlp.engine.step.EagerStep`) on
-    ``micro_batches`` ``[(x, y, keep, seed_step)]`` (one update) by module kind and phase. Returns
-    ``{"step_ms", "hooked_step_ms", "repeat", "batch_size", "forward_ms", "backward_ms", "by_kind_ms":
-    {kind: {"forward": ms, "backward": ms}}, "phases_ms": {phase: ms}, "allreduce_ms", "note"}``:
-    ``step_ms`` an unhooked update (the same sequence, synchronised once at its end), the rest from hooked
-    ones (mean of ``repeat``, after one unhooked and one hooked warm-up update). ``allreduce_ms`` (several data-parallel
-    ranks only): the gradients' all-reduce timed apart (it is part of the backward figures). The optimizer
-    steps as in training; hooks are as before afterwards. ``clock``: ``"wall"`` or ``"cpu"`` (:data:`CLOCKS`)."""
+def profile_train_step(updater, micro_batches, repeat=2, clock="wall", mixed=True):
+    """The train update of ``updater`` (the trainer's update routine, :class:`~oneflow_posmlp.engine.update.Updater`,
+    over an :class:`~oneflow_posmlp.engine.step.EagerStep`) on ``micro_batches`` ``[(x, y)]`` (one update;
+    ``mixed``: Mixup already applied, as the benchmark's) by module kind and phase. Returns ``{"step_ms",
+    "hooked_step_ms", "repeat", "batch_size", "forward_ms", "backward_ms", "by_kind_ms": {kind: {"forward": ms,
+    "backward": ms}}, "phases_ms": {phase: ms}, "allreduce_ms", "note"}``: ``step_ms`` an unhooked update
+    (``Updater.update``: drop-path masks, the step object's ``run``, the schedule; synchronised once at its end), the
+    rest from hooked ones (mean of ``repeat``, after one unhooked and one hooked warm-up update), the phases marked
+    through the step object's ``phases`` (:class:`_Phases`). ``allreduce_ms`` (several data-parallel ranks only):
+    the gradients' all-reduce timed apart (it is part of the backward figures). The optimizer steps and the
+    schedule moves as in training; hooks and the step's phase markers are as before afterwards. ``clock``:
+    ``"wall"`` or ``"cpu"`` (:data:`CLOCKS`)."""
+    step = updater.step
+    if not isinstance(step, EagerStep):
+        raise TypeError(f"profile_train_step times the eager step object (EagerStep), got {type(step).__name__}: "
+                        f"build the training with train.graph=false")
     model = step.model
     tick = CLOCKS[clock]
     timeline = Timeline(tick)
-    base = object()
-    was_training = model.training
+    updates = [0]
+
+    def update():
+        updates[0] = updater.update(micro_batches, updates[0], mixed=mixed)[1]
+
+    was_training, unmarked = model.training, step.phases
     model.train()
     try:
-        _phased_update(step, micro_batches, Timeline(tick), base)  # warm-up
+        update()  # warm-up
         sync()
         start = tick()
         for _ in range(repeat):
-            _phased_update(step, micro_batches, Timeline(tick), base)
+            update()
         sync()
         plain = (tick() - start) / repeat
         hooks = _TrainHooks(timeline, step.criterion)
+        step.phases = _Phases(timeline, object())
         with forward_hooks(hooks.hooks(model)):
-            _phased_update(step, micro_batches, timeline, base)  # warm-up with hooks
+            update()  # warm-up with hooks
             timeline.totals.clear()
             sync()
             start = tick()
             for _ in range(repeat):
                 timeline.stack.clear()
                 timeline.last = None
-                _phased_update(step, micro_batches, timeline, base)
+                update()
             sync()
             hooked = (tick() - start) / repeat
     finally:
+        step.phases = unmarked
         model.train(was_training)
     by_kind, phases = defaultdict(lambda: {"forward": 0.0, "backward": 0.0}), {}
     for key, seconds in timeline.totals.items():

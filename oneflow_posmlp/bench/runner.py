@@ -11,12 +11,14 @@ the config's.
 
 Modes (on synthetic images and labels, the same batch every step):
 
-- ``train-eager`` / ``train-graph``: one update of :class:`~oneflow_posmlp.engine.step.EagerStep` /
+- ``train-eager`` / ``train-graph``: one update of the trainer's update routine
+  (:class:`~oneflow_posmlp.engine.update.Updater`) over :class:`~oneflow_posmlp.engine.step.EagerStep` /
   :class:`~oneflow_posmlp.engine.step.GraphStep` (forward, loss, backward, clipping, AdamW step; the graph with
   the lr schedule inside), ``train.grad_accum_steps`` micro-batches each, with the per-micro-batch drop-path
-  masks and seeds of the trainer's loop, then the schedule's ``step_update``. Mixup/CutMix mixes the batch once
-  before timing (in training it runs on the loaded batch, outside the step); the EMA update is not timed
-  (the trainer's, outside the step object).
+  masks and seeds of training, then, after an applied update, the schedule's ``step_update`` (a skipped,
+  non-finite update does not move it, nor the update count its seeds come from). Mixup/CutMix mixes the batch
+  once before timing (``Updater.mix`` with update 0's seeds; in training it runs on every loaded batch, outside
+  the step object); the EMA update is not timed (the updater runs without the EMA).
 - ``eval-eager`` / ``eval-graph``: one batch's logits as :func:`~oneflow_posmlp.engine.evaluate.evaluate`
   computes them (``eval_logits``: eval mode, no grad, autocast with AMP; the graph is ``eval_forward``'s
   :class:`~oneflow_posmlp.engine.graph.EvalGraph`).
@@ -45,8 +47,8 @@ from ..config import load_config
 from ..data import build_mixup, build_train_criterion
 from ..engine.evaluate import eval_forward, eval_logits
 from ..engine.mfu import TRAIN_FACTOR, device_peak, mfu
-from ..engine.randomness import numpy_seeded
-from ..engine.step import build_training, micro_batch_keep
+from ..engine.step import build_training
+from ..engine.update import Updater
 from ..models import build_model
 from ..models.drop import drop_path_modules
 from ..models.flops import FLOPS_NOTE, count_flops
@@ -137,14 +139,11 @@ class Bench:
         flow.manual_seed(self.seed + ctx.rank)
         self.x = flow.randn(self.local, m.in_chans, *m.img_size)  # this rank's shard of the global batch
         self.y = flow.randint(0, m.num_classes, (self.local,))
-        # the train micro-batches: (x, y) local tensors, mixed as the trainer's loop mixes each loaded batch
-        self.micro_batches = []
-        for i in range(self.accum):
-            x, y = self.x[i * self.micro:(i + 1) * self.micro], self.y[i * self.micro:(i + 1) * self.micro]
-            if self.mixup is not None:
-                with numpy_seeded(self.seed, 0, i, ctx.data_rank):
-                    x, y = self.mixup(x, y)
-            self.micro_batches.append((x, y))
+        # the train micro-batches: (x, y) local tensors, mixed as the trainer's update routine mixes each loaded
+        # batch (its seeds: update 0), once, before timing
+        mix = self.updater().mix
+        self.micro_batches = [mix(self.x[i * self.micro:(i + 1) * self.micro],
+                                  self.y[i * self.micro:(i + 1) * self.micro], 0, i) for i in range(self.accum)]
         self.eval_x = ctx.to_global_batch(self.x)
         d = cfg["data"]  # the schedule's epoch: that of a data.synthetic run of the config
         batches = d["synthetic_size"] // self.micro // ctx.data_parallel
@@ -158,6 +157,13 @@ class Bench:
         cfg = dict(self.cfg, train=dict(self.cfg["train"], graph=graph))
         return build_training(cfg, self.model, self.criterion, self.ctx, self.updates_per_epoch)
 
+    def updater(self, training=None):
+        """The trainer's update routine (:class:`~oneflow_posmlp.engine.update.Updater`) over ``training``'s step
+        object and schedule, with the config's Mixup/CutMix and the model's drop paths, without the EMA (the
+        trainer's EMA update is not timed); ``training=None``: for its :meth:`~Updater.mix` only."""
+        step, scheduler = (training.step, training.scheduler) if training is not None else (None, None)
+        return Updater(step, scheduler, self.ctx, self.seed, self.drop_paths, self.model, mixup=self.mixup)
+
     def make_step(self, mode):
         """``(step, held)``: a no-argument callable running one step of ``mode``, and the objects it needs alive
         (step object, optimizer, graph) so the caller can drop them after the mode."""
@@ -165,16 +171,11 @@ class Bench:
         if kind == "train":
             self.model.train()
             training = self.training(graph=how == "graph")
+            updater = self.updater(training)
             updates = [0]
 
-            def step():
-                n = updates[0]
-                for i, (x, y) in enumerate(self.micro_batches):  # the trainer's loop for one update
-                    seed_step = (self.seed, n, i)
-                    keep = micro_batch_keep(self.drop_paths, self.micro, self.ctx, seed_step)
-                    result = training.step.run(x, y, keep, seed_step)
-                updates[0] = n + 1
-                training.scheduler.step_update(n + 1)
+            def step():  # one update of the trainer's routine, on the batch mixed once in __init__
+                result, updates[0] = updater.update(self.micro_batches, updates[0], mixed=True)
                 return result
 
             return step, training
@@ -191,12 +192,8 @@ class Bench:
 def profile_train(bench, repeat, clock):
     """The eager train step by module kind and phase (``profile.profile_train_step``) on the benchmark's batch."""
     bench.model.train()
-    training = bench.training(graph=False)
-    batches = []
-    for i, (x, y) in enumerate(bench.micro_batches):
-        seed_step = (bench.seed, 0, i)
-        batches.append((x, y, micro_batch_keep(bench.drop_paths, bench.micro, bench.ctx, seed_step), seed_step))
-    return profile_train_step(training.step, batches, repeat=repeat, clock=clock)
+    updater = bench.updater(bench.training(graph=False))
+    return profile_train_step(updater, bench.micro_batches, repeat=repeat, clock=clock, mixed=True)
 
 
 def describe_training(training):

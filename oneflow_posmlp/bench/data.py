@@ -76,9 +76,11 @@ def main_ms_per_batch(cfg, loader, batches):
 
 
 def host_reads_per_update(cfg, graph, updates=2):
-    """Host reads per update of the train step (eager or graph, ``train.amp`` as configured), counted over
-    ``updates`` updates after one: :class:`~oneflow_posmlp.bench.host_reads.HostReads`."""
-    from ..engine.step import build_training, micro_batch_keep
+    """Host reads per update of the trainer's update routine (:class:`~oneflow_posmlp.engine.update.Updater` over
+    the eager or graph step object, ``train.amp`` as configured, drop path as configured, no Mixup or EMA), counted
+    over ``updates`` updates after one: :class:`~oneflow_posmlp.bench.host_reads.HostReads`."""
+    from ..engine.step import build_training
+    from ..engine.update import Updater
     from ..models import build_model
     from ..models.drop import drop_path_modules
     from ..parallel import ParallelContext
@@ -88,16 +90,14 @@ def host_reads_per_update(cfg, graph, updates=2):
     model = build_model(cfg["model"])
     ctx.apply(model)
     training = build_training(cfg, model, flow.nn.CrossEntropyLoss(), ctx, updates_per_epoch=100)
+    updater = Updater(training.step, training.scheduler, ctx, 0, drop_path_modules(model), model)
     accum, micro = cfg["train"]["grad_accum_steps"], cfg["train"]["batch_size"] // cfg["train"]["grad_accum_steps"]
     x = flow.randn(micro, 3, *cfg["model"]["img_size"])
     y = flow.randint(0, cfg["model"]["num_classes"], (micro,))
-    drops = drop_path_modules(model)
-    counts = []
-    for u in range(updates + 1):
-        keeps = [micro_batch_keep(drops, micro, ctx, (0, u, i)) for i in range(accum)]
+    counts, done = [], 0
+    for _ in range(updates + 1):
         with HostReads() as reads:
-            for i in range(accum):
-                training.step.run(x, y, keeps[i], (0, u, i))
+            _, done = updater.update([(x, y)] * accum, done)
         counts.append(reads.count)
     return max(counts[1:])
 

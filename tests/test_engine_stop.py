@@ -224,13 +224,14 @@ def test_skip_steps_over_one_poisoned_micro_batch_and_trains_on(tiny_demo_root, 
     trainer = _skip_trainer(tiny_demo_root, tmp_path, mode)
     trainer.train_loader = _poisoned(trainer.train_loader, {1})  # the second of the epoch's 4 updates
     seen = []
-    after_update = trainer._after_update
+    after_update = trainer.updater.after_update
 
-    def spy():  # the update count after each applied update
-        after_update()
-        seen.append(trainer.updates)
+    def spy(updates):  # the update count after each applied update
+        updates = after_update(updates)
+        seen.append(updates)
+        return updates
 
-    trainer._after_update = spy
+    trainer.updater.after_update = spy
     trainer.fit()
     assert trainer.updates == 3 and trainer.nonfinite_skips == 1 and trainer.nonfinite_streak == 0
     log = (tmp_path / "log_rank0.txt").read_text()
@@ -261,9 +262,9 @@ def test_a_skipped_update_changes_nothing(tiny_demo_root, tmp_path, mode):
                 {i: ({k: v.numpy().copy() for k, v in st.items()} if isinstance(st, dict) else st)
                  for i, st in trainer.step.state_dict()["optimizer"]["state"].items()})
 
-    after_update, decide = trainer._after_update, trainer._decide
-    trainer._after_update = lambda: (after_update(), snap.append(("after update", state())))
-    trainer._decide = lambda result, epoch_end: (snap.append(("boundary", state())), decide(result, epoch_end))[1]
+    after_update, decide = trainer.updater.after_update, trainer.boundary.decide
+    trainer.updater.after_update = lambda updates: (after_update(updates), snap.append(("after update", state())))[0]
+    trainer.boundary.decide = lambda *args: (snap.append(("boundary", state())), decide(*args))[1]
     before = state()
     trainer.train_one_epoch()  # (the loop; no evaluation)
     snap.append(("end", state()))

@@ -166,15 +166,16 @@ def test_mid_epoch_resume_needs_the_same_data_and_global_batch():
     from types import SimpleNamespace
 
     from oneflow_posmlp.checkpoint import CheckpointError
+    from oneflow_posmlp.engine.progress import check_data_order
 
-    me = SimpleNamespace(batch_in_epoch=3, epoch=1, train_set=[0] * 64, cfg={"train": {"batch_size": 16}})
+    me = SimpleNamespace(batch_in_epoch=3, epoch=1, train_images=64, batch_size=16)
     state = {"train_images": 64, "config": {"train": {"batch_size": 16}}}
-    Trainer._check_data_order(me, state, "last")  # same order: fine, whatever the ranks
+    check_data_order(state, "last", **vars(me))  # same order: fine, whatever the ranks
     with pytest.raises(CheckpointError, match="train.batch_size was 32, now 16"):
-        Trainer._check_data_order(me, dict(state, config={"train": {"batch_size": 32}}), "last")
+        check_data_order(dict(state, config={"train": {"batch_size": 32}}), "last", **vars(me))
     with pytest.raises(CheckpointError, match="train images was 60, now 64"):
-        Trainer._check_data_order(me, dict(state, train_images=60), "last")
-    Trainer._check_data_order(SimpleNamespace(**dict(me.__dict__, batch_in_epoch=0)), dict(state, train_images=60), "last")
+        check_data_order(dict(state, train_images=60), "last", **vars(me))
+    check_data_order(dict(state, train_images=60), "last", **dict(vars(me), batch_in_epoch=0))
 
 
 def test_corrupt_images_are_reported_per_epoch_by_rank_0(tiny_demo_root, tmp_path):

@@ -17,7 +17,7 @@ Modes (on synthetic images and labels, the same batch every step):
   the lr schedule inside), ``train.grad_accum_steps`` micro-batches each, with the per-micro-batch drop-path
   masks and seeds of training, then, after an applied update, the schedule's ``step_update`` (a skipped,
   non-finite update does not move it, nor the update count its seeds come from). Mixup/CutMix mixes the batch
-  once before timing (``Updater.mix`` with update 0's seeds; in training it runs on every loaded batch, outside
+  once before timing (``engine.update.mix`` with update 0's seeds; in training it runs on every loaded batch, outside
   the step object); the EMA update is not timed (the updater runs without the EMA).
 - ``eval-eager`` / ``eval-graph``: one batch's logits as :func:`~oneflow_posmlp.engine.evaluate.evaluate`
   computes them (``eval_logits``: eval mode, no grad, autocast with AMP; the graph is ``eval_forward``'s
@@ -48,7 +48,7 @@ from ..data import build_mixup, build_train_criterion
 from ..engine.evaluate import eval_forward, eval_logits
 from ..engine.mfu import TRAIN_FACTOR, device_peak, mfu
 from ..engine.step import build_training
-from ..engine.update import Updater
+from ..engine.update import Updater, mix
 from ..models import build_model
 from ..models.drop import drop_path_modules
 from ..models.flops import FLOPS_NOTE, count_flops
@@ -141,9 +141,9 @@ class Bench:
         self.y = flow.randint(0, m.num_classes, (self.local,))
         # the train micro-batches: (x, y) local tensors, mixed as the trainer's update routine mixes each loaded
         # batch (its seeds: update 0), once, before timing
-        mix = self.updater().mix
-        self.micro_batches = [mix(self.x[i * self.micro:(i + 1) * self.micro],
-                                  self.y[i * self.micro:(i + 1) * self.micro], 0, i) for i in range(self.accum)]
+        self.micro_batches = [mix(self.mixup, self.x[i * self.micro:(i + 1) * self.micro],
+                                  self.y[i * self.micro:(i + 1) * self.micro], (self.seed, 0, i), ctx.data_rank)
+                              for i in range(self.accum)]
         self.eval_x = ctx.to_global_batch(self.x)
         d = cfg["data"]  # the schedule's epoch: that of a data.synthetic run of the config
         batches = d["synthetic_size"] // self.micro // ctx.data_parallel
@@ -157,12 +157,12 @@ class Bench:
         cfg = dict(self.cfg, train=dict(self.cfg["train"], graph=graph))
         return build_training(cfg, self.model, self.criterion, self.ctx, self.updates_per_epoch)
 
-    def updater(self, training=None):
+    def updater(self, training):
         """The trainer's update routine (:class:`~oneflow_posmlp.engine.update.Updater`) over ``training``'s step
         object and schedule, with the config's Mixup/CutMix and the model's drop paths, without the EMA (the
-        trainer's EMA update is not timed); ``training=None``: for its :meth:`~Updater.mix` only."""
-        step, scheduler = (training.step, training.scheduler) if training is not None else (None, None)
-        return Updater(step, scheduler, self.ctx, self.seed, self.drop_paths, self.model, mixup=self.mixup)
+        trainer's EMA update is not timed)."""
+        return Updater(training.step, training.scheduler, self.ctx, self.seed, self.drop_paths, self.model,
+                       mixup=self.mixup)
 
     def make_step(self, mode):
         """``(step, held)``: a no-argument callable running one step of ``mode``, and the objects it needs alive

@@ -12,6 +12,16 @@ from .randomness import numpy_seeded
 from .step import micro_batch_keep
 
 
+def mix(mixup, x, y, seed_step, data_rank):
+    """Mixup/CutMix (``mixup``, or None: ``(x, y)`` unchanged) of a local micro-batch, NumPy seeded from the
+    micro-batch's ``seed_step`` ``(seed, update, micro)`` and the data-parallel rank. ``y`` becomes soft targets
+    ``(b, classes)``."""
+    if mixup is None:
+        return x, y
+    with numpy_seeded(*seed_step, data_rank):
+        return mixup(x, y)
+
+
 class Updater:
     """The update routine of one built training (:func:`~oneflow_posmlp.engine.step.build_training`).
 
@@ -39,12 +49,8 @@ class Updater:
         return (self.seed, update, micro)
 
     def mix(self, x, y, update, micro):
-        """Mixup/CutMix of the local micro-batch (NumPy seeded from the micro-batch and the data-parallel rank);
-        ``(x, y)`` unchanged without it. ``y`` becomes soft targets ``(b, classes)``."""
-        if self.mixup is None:
-            return x, y
-        with numpy_seeded(*self.seed_step(update, micro), self.ctx.data_rank):
-            return self.mixup(x, y)
+        """:func:`mix` with this run's Mixup/CutMix and seed."""
+        return mix(self.mixup, x, y, self.seed_step(update, micro), self.ctx.data_rank)
 
     def micro_batch(self, x, y, update, micro, agree=None, mixed=False):
         """Run micro-batch ``micro`` of update ``update`` (``mixed``: Mixup already applied by the caller, with

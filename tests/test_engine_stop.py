@@ -170,21 +170,29 @@ def _digest(path):
     return h.hexdigest()
 
 
+def _diverge(root, out, mode, **extra):
+    """The issue's try: epoch 0 trains normally (eagerly: checkpoints resume in either mode) and writes the good
+    `last` and `best`; resumed at lr 1e6 without warm-up and clipping (``mode``: eager or graph; ``extra``
+    options), the run must end with exit 3. Returns ``(digests of last and best before, stdout, stderr's last
+    line)``."""
+    code, _, stderr = _finish(_train(root, out, **{"data.limit_train_batches": 0}))
+    assert code == 0, stderr[-2000:]
+    before = {name: _digest(out / name) for name in ("last", "best")}
+    code, stdout, stderr = _finish(_train(root, out, resume=True, **{
+        "train.epochs": 3, "data.limit_train_batches": 0, "train.lr": "1.0e+6", "train.warmup_epochs": 0,
+        "train.clip_grad": 0, "train.graph": str(mode == "graph").lower(), **extra}))
+    assert code == EXIT_NONFINITE, stderr[-2000:]
+    return before, stdout, stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["eager", "graph"])
 def test_divergence_halts_and_leaves_the_checkpoints_byte_for_byte(tiny_demo_root, tmp_path, mode):
     """The issue's try: lr 1e6 without warm-up and clipping. Epoch 0 trains normally (eagerly: checkpoints resume
     in either mode); its `last` and `best` are the good checkpoints; the run resumed at lr 1e6 diverges in epoch 1
     and must not overwrite them."""
-    out, graph = tmp_path / "run", {"train.graph": str(mode == "graph").lower()}
-    code, _, stderr = _finish(_train(tiny_demo_root, out, **{"data.limit_train_batches": 0}))
-    assert code == 0, stderr[-2000:]
-    before = {name: _digest(out / name) for name in ("last", "best")}
-    code, stdout, stderr = _finish(_train(tiny_demo_root, out, resume=True, **{
-        "train.epochs": 3, "data.limit_train_batches": 0, "train.lr": "1.0e+6", "train.warmup_epochs": 0,
-        "train.clip_grad": 0, **graph}))
-    last = stderr.strip().splitlines()[-1]
-    assert code == EXIT_NONFINITE, stderr[-2000:]
+    out = tmp_path / "run"
+    before, _, last = _diverge(tiny_demo_root, out, mode)
     assert re.fullmatch(r"error: non-finite loss or gradient norm at epoch 1 update \d+ \(loss \S+, grad_norm \S+\): "
                         r"stopped without writing a checkpoint; the last good checkpoint is \S+last \(epoch 1, "
                         r"update 4\); .*", last), last
@@ -307,15 +315,8 @@ def test_skip_with_a_model_that_outputs_nan_halts_at_the_epoch_end_and_keeps_the
     """The issue's try with train.nonfinite=skip: the first update at lr 1e6 is finite (weights up to ~1e6), the
     next ones are skipped, and the model outputs NaN: the epoch's validation loss is NaN, so `last` and `best` are
     not written from it; the line names the good checkpoint and only fixes that differ from the settings."""
-    out, graph = tmp_path / "run", {"train.graph": str(mode == "graph").lower()}
-    code, _, stderr = _finish(_train(tiny_demo_root, out, **{"data.limit_train_batches": 0}))
-    assert code == 0, stderr[-2000:]
-    before = {name: _digest(out / name) for name in ("last", "best")}
-    code, stdout, stderr = _finish(_train(tiny_demo_root, out, resume=True, **{
-        "train.epochs": 3, "data.limit_train_batches": 0, "train.lr": "1.0e+6", "train.warmup_epochs": 0,
-        "train.clip_grad": 0, "train.nonfinite": "skip", "train.ema": "true", **graph}))
-    last = stderr.strip().splitlines()[-1]
-    assert code == EXIT_NONFINITE, stderr[-2000:]
+    out = tmp_path / "run"
+    before, stdout, last = _diverge(tiny_demo_root, out, mode, **{"train.nonfinite": "skip", "train.ema": "true"})
     assert re.fullmatch(r"error: validation loss nan(?: and EMA validation loss nan)? after epoch 1 update 5: last and best "
                         r"not written; the last good checkpoint is \S+last \(epoch 1, update 4\); lower train.lr \(now "
                         r"1e\+06\), set train.clip_grad > 0 \(e.g. 5.0\) or set train.warmup_epochs > 0", last), last

@@ -35,11 +35,6 @@ class Updater:
         self.drop_paths, self.model, self.mixup, self.ema = drop_paths, model, mixup, ema
 
     @property
-    def accum(self):
-        """Micro-batches per update (``train.grad_accum_steps``)."""
-        return self.step.accum
-
-    @property
     def lr(self):
         """The learning rate the next update runs at."""
         return self.step.optimizer.param_groups[0]["lr"]

@@ -115,8 +115,9 @@ def clip_grad_norm(params, max_norm):
 def clip_gradients(optimizer, max_norm, scope="global", norm_fn=clip_grad_norm):
     """Clip the gradients of ``optimizer``'s parameters to 2-norm ``max_norm`` (<= 0: do not clip), over all
     of them at once (``scope="global"``) or each parameter group by its own norm (``"group"``).
-    ``norm_fn(params, max_norm) -> float`` clips one set (e.g. ``ParallelContext.clip_grad_norm_`` across
-    ranks). Returns the 2-norm of all gradients before clipping."""
+    ``norm_fn(params, max_norm)`` clips one set and returns its norm, a float or a device scalar (e.g.
+    ``ParallelContext.clip_grad_norm_`` across ranks, no host read). Returns the 2-norm of all gradients before
+    clipping."""
     clip = max_norm if max_norm > 0 else math.inf
     if scope == "group":
         norms = [norm_fn(g.parameters, clip) for g in optimizer.param_groups]

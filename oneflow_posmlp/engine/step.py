@@ -74,7 +74,7 @@ def update_values(ctx, parts):
         t = t.to(flow.float64).reshape(1)
         if t.is_global:
             t = t.to_global(placement=ctx.all_placement, sbp=flow.sbp.broadcast).to_local()
-        out.append(t.to(ctx.device) if not t.is_global else t)
+        out.append(t.to(ctx.device))
     return flow.cat(out)
 
 
@@ -82,23 +82,6 @@ def _read(values, agree=None):
     """The update's one host read: ``agree(values)`` (the trainer's agreement of all ranks, which reads them with
     its own flags in one collective) or ``values`` read here. A list of floats."""
     return list(agree(values) if agree is not None else values.numpy().tolist())
-
-
-def device_clip_grad_norm(ctx, params, max_norm):
-    """``ParallelContext.clip_grad_norm_`` without reading the norm: clip by the global 2-norm of all gradients
-    (over pipeline stages too) and return the norm as a device scalar (``max_norm = inf``: no clipping)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return flow.zeros(1, dtype=flow.float32, device=ctx.device)
-    if not ctx.distributed or ctx.pipeline_parallel == 1:
-        return flow.nn.utils.clip_grad_norm_(params, max_norm)
-    squares = [flow.sum(g * g).to_global(placement=ctx.all_placement, sbp=flow.sbp.broadcast) for g in grads]
-    norm = flow.sqrt(flow.stack(squares).sum().to(flow.float64))
-    if math.isfinite(max_norm):
-        scale = flow.where(norm > max_norm, max_norm / (norm + 1e-6), flow.ones_like(norm)).to(flow.float32)
-        for g in grads:
-            g.mul_(scale.to_global(placement=g.placement, sbp=[flow.sbp.broadcast] * len(g.sbp)))
-    return norm
 
 
 # The named phases of EagerStep.run, in order: "inputs" (to_global of the micro-batch, the drop-path keep masks
@@ -155,7 +138,7 @@ class EagerStep:
         with phase("clipping"):
             scaler_finite = self.scaler.unscale(self.params)  # None without AMP; else a device flag, no read
             # logged: the norm of all gradients before clipping (a device scalar; the clipping needs no read either)
-            norm = clip_gradients(self.optimizer, self.clip_grad, self.clip_scope, self._clip_norm)
+            norm = clip_gradients(self.optimizer, self.clip_grad, self.clip_scope, ctx.clip_grad_norm_)
         with phase("read"):
             parts = [loss_sum, norm, scaler_finite if scaler_finite is not None else flow.ones_like(loss_sum)]
             loss_sum, grad_norm, scaler_ok = _read(update_values(ctx, parts), agree)  # the update's one host read
@@ -177,9 +160,6 @@ class EagerStep:
         with phase("zero_grad"):
             self.optimizer.zero_grad()
         return StepResult(loss, loss_sum, micro, grad_norm, finite)
-
-    def _clip_norm(self, params, max_norm):
-        return device_clip_grad_norm(self.ctx, params, max_norm)
 
     def discard(self):
         if self._micro:

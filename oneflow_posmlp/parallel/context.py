@@ -260,16 +260,19 @@ class ParallelContext:
         return float(flow.cat(worst).max().numpy()) if worst else 0.0
 
     def clip_grad_norm_(self, params, max_norm):
-        """Clip by the global 2-norm of all gradients (over pipeline stages too); returns the norm (float)."""
+        """Clip by the global 2-norm of all gradients (over pipeline stages too) without reading it: returns the
+        norm as a device scalar (``max_norm = inf``: no clipping)."""
         grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return flow.zeros(1, dtype=flow.float32, device=self.device)
         if not self.distributed or self.pipeline_parallel == 1:
-            return float(flow.nn.utils.clip_grad_norm_(params, max_norm).numpy())
+            return flow.nn.utils.clip_grad_norm_(params, max_norm)
         squares = [flow.sum(g * g).to_global(placement=self.all_placement, sbp=flow.sbp.broadcast) for g in grads]
-        norm = math.sqrt(float(flow.stack(squares).sum().numpy()))
-        if math.isfinite(max_norm) and norm > max_norm:
-            scale = max_norm / (norm + 1e-6)
+        norm = flow.sqrt(flow.stack(squares).sum().to(flow.float64))
+        if math.isfinite(max_norm):
+            scale = flow.where(norm > max_norm, max_norm / (norm + 1e-6), flow.ones_like(norm)).to(flow.float32)
             for g in grads:
-                g.mul_(scale)
+                g.mul_(scale.to_global(placement=g.placement, sbp=[flow.sbp.broadcast] * len(g.sbp)))
         return norm
 
     def replicate(self, t):

@@ -54,19 +54,19 @@ def _shapes(model, state):
     return ({k: tuple(v.shape) for k, v in model.state_dict().items()}, {k: tuple(np.shape(v)) for k, v in state.items()})
 
 
-def load_into_model(model, state, allow_head_mismatch=False, head_fix="pass --allow-head-mismatch"):
+def load_into_model(model, state, allow_head_mismatch=False):
     """Copy numpy ``state`` into ``model`` tensor by tensor (entries are released as they are copied); returns the
     head keys dropped under ``allow_head_mismatch``.
 
     Raises :class:`CheckpointError` listing every missing, unexpected and mismatched key; a classifier that does
-    not fit names ``head_fix``, what the caller accepts to fine-tune with a fresh one."""
+    not fit names ``--allow-head-mismatch``, which fine-tunes with a fresh one."""
     import oneflow as flow
 
     target = model.state_dict()
     problems, dropped = check_keys(*_shapes(model, state), allow_head_mismatch)
     if problems:
         hint = "" if allow_head_mismatch or not _head_problem(problems) else \
-            f"; to fine-tune with another classifier {head_fix}"
+            "; to fine-tune with another classifier pass --allow-head-mismatch"
         hint += _windows_hint(model, state)
         raise CheckpointError(f"the checkpoint does not fit the model ({len(problems)} problems{hint}):\n  "
                               + "\n  ".join(problems))
@@ -125,8 +125,8 @@ def _misfit(model, state, meta, source, allow_head_mismatch, head_fix):
         return CheckpointError(f"{where}the checkpoint is of another model (model.{k}: checkpoint {_plain(saved)!r}, "
                                f"config {_plain(ours)!r}); use the config the weights were made with")
     head_rows = np.shape(state["head.weight"])[0] if "head.weight" in state else None
-    if _head_problem(problems) and all(p.split(": ", 1)[-1].startswith(HEAD_PREFIX) for p in problems) \
-            and head_rows is not None and not allow_head_mismatch:
+    if all(p.split(": ", 1)[-1].startswith(HEAD_PREFIX) for p in problems) and head_rows is not None \
+            and not allow_head_mismatch:
         ours = (config or {}).get("num_classes")
         return CheckpointError(f"{where}the weights have a {head_rows}-class classifier, the model {ours} classes: "
                                f"{head_fix.format(n=head_rows)}")

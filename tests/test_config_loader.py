@@ -149,3 +149,13 @@ def test_peek_reads_one_key_before_the_config_is_loaded(tmp_path):
     assert peek(str(path), ["train.lr=1", "dist.init_timeout=2.5"], "dist.init_timeout") == 2.5
     assert peek("configs/demo.yaml", ["dist.init_timeout=x"], "dist.init_timeout") == 300.0  # load_config says why
     assert peek(str(tmp_path / "missing.yaml"), None, "dist.init_timeout") == 300.0
+
+
+def test_peek_reads_a_built_in_config_by_its_name(tmp_path, monkeypatch):
+    """``-c NAME`` names a built-in config: peek reads that file, as load_config does."""
+    from oneflow_posmlp.config import loader
+
+    (tmp_path / "mine.yaml").write_text("dist:\n  init_timeout: 7\n")
+    monkeypatch.setattr(loader, "BUILTIN_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)
+    assert loader.peek("mine", [], "dist.init_timeout") == 7.0

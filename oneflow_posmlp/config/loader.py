@@ -183,7 +183,7 @@ def peek(path, opts, key):
             return None
 
     def from_file():
-        with open(path) as f:
+        with open(resolve_config(path)) as f:  # -c takes a built-in config's name as well
             return load_yaml(f)
 
     for source in (from_file if path is not None else dict,

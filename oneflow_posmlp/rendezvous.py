@@ -75,7 +75,7 @@ def join(timeout, source, environ=None, log=None):
     if rank == 0:
         _serve(world, addr, port, timeout, deadline, context, log)
     else:
-        _reach(rank, world, addr, port, timeout, deadline, context, log)
+        _reach(rank, world, addr, port, timeout, deadline, context, log, source)
 
 
 def _serve(world, addr, port, timeout, deadline, context, log):
@@ -169,7 +169,7 @@ def _send(conn, word):
         pass
 
 
-def _reach(rank, world, addr, port, timeout, deadline, context, log):
+def _reach(rank, world, addr, port, timeout, deadline, context, log, source):
     started, said = time.monotonic(), False
     conn = None
     while conn is None:
@@ -177,7 +177,7 @@ def _reach(rank, world, addr, port, timeout, deadline, context, log):
             conn = socket.create_connection((addr, port), timeout=max(min(deadline - time.monotonic(), 5), 0.1))
         except socket.gaierror as err:
             raise JoinError(f"rank {rank} of {world}: MASTER_ADDR {addr!r} does not resolve ({err.strerror}); "
-                            f"ranks from {context.split('ranks from ')[1]}") from None
+                            f"ranks from {source}") from None
         except OSError:
             if time.monotonic() >= deadline:
                 raise JoinError(f"rank {rank} of {world} could not reach rank 0 within dist.init_timeout {timeout:g} s "

@@ -108,11 +108,11 @@ def slurm_env(environ=None):
     env = os.environ if environ is None else environ
     if "RANK" in env or "WORLD_SIZE" in env:
         return {}
-    world = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")
-    if "SLURM_PROCID" not in env or not world:
+    tasks = "SLURM_STEP_NUM_TASKS" if env.get("SLURM_STEP_NUM_TASKS") else "SLURM_NTASKS"  # the step's, else the job's
+    if "SLURM_PROCID" not in env or not env.get(tasks):
         return {}
     rank = _int(env, "SLURM_PROCID")
-    world = _int(env, "SLURM_STEP_NUM_TASKS" if env.get("SLURM_STEP_NUM_TASKS") else "SLURM_NTASKS")
+    world = _int(env, tasks)
     if not 0 <= rank < world:
         raise ValueError(f"SLURM_PROCID {rank} is outside the {world} tasks of the step")
     nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")

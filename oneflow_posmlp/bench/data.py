@@ -17,7 +17,7 @@ import oneflow as flow
 from ..data import build_mixup, build_train_loader, build_val_loader
 from ..data.loader import _split
 from ..data.transforms import build_transforms
-from ..engine.randomness import numpy_seeded
+from ..engine.update import mix
 from .host_reads import HostReads
 
 # a file of the checkout, not of the package (it imports PyTorch): the side-by-side run is a developer's measurement
@@ -67,10 +67,7 @@ def main_ms_per_batch(cfg, loader, batches):
     mixup = build_mixup(cfg)
     start = time.perf_counter()
     for i, batch in enumerate(raw):
-        x, y = loader.prep(batch)
-        if mixup is not None:
-            with numpy_seeded(0, i, 0, 0):
-                x, y = mixup(x, y)
+        x, y = mix(mixup, *loader.prep(batch), (0, i, 0), 0)
         x.numpy()  # the work done (on CPU the ops ran already; on CUDA, wait for them)
     return 1000 * (time.perf_counter() - start) / max(len(raw), 1)
 

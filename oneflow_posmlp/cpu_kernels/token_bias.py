@@ -4,7 +4,7 @@ Why: ``(B, W, N, C) + (1, 1, N, 1)`` broadcasts along a non-last axis, which one
 its reference kernel; ``(B*W, N, C, 1) + (1, N, 1, 1)`` is the same sum, bit for bit, on its fast kernel
 (docs/benchmark.md).
 """
-from ..models.token_mixing import GQPE, LRPE
+from ..models.token_mixing import GQPE, LRPE, TokenMap
 from .device import on_cpu
 
 
@@ -13,9 +13,9 @@ class TokenBiasOnRows:
 
     def add_bias(self, x):
         """``x + token_proj_n_bias``: x ``(B, W, N, C)``, bias ``(1, N, 1)``."""
-        bias = self.token_proj_n_bias
         if not on_cpu(x):
-            return x + bias.unsqueeze(0)
+            return TokenMap.add_bias(self, x)
+        bias = self.token_proj_n_bias
         B, W, N, C = x.shape
         return (x.reshape(B * W, N, C, 1) + bias.reshape(1, N, 1, 1)).reshape(B, W, N, C)
 

@@ -31,6 +31,12 @@ SHARD_NAME = re.compile(r"^(?P<split>.+)-(?P<num>\d{6})\.tar$")
 IMAGE_SUFFIXES = tuple(e.lstrip(".") for e in IMG_EXTENSIONS)
 
 
+def shard_names(folder, split):
+    """The names of ``split``'s shards in ``folder`` (``<split>-NNNNNN.tar``), sorted."""
+    matches = (SHARD_NAME.match(n) for n in os.listdir(folder))
+    return sorted(m.group(0) for m in matches if m and m.group("split") == split)
+
+
 class ShardError(DataError):
     """A shard or shard index problem; the message names the shard and the fix."""
 
@@ -58,9 +64,8 @@ def make_shards(src, dst, shard_mb=1024, splits=None, log=print):
         check_image_folder(root)
         classes, class_to_idx = find_classes(root)
         samples = make_dataset(root, class_to_idx, IMG_EXTENSIONS)
-        for old in os.listdir(dst):
-            if SHARD_NAME.match(old) and SHARD_NAME.match(old).group("split") == split:
-                os.remove(os.path.join(dst, old))
+        for old in shard_names(dst, split):
+            os.remove(os.path.join(dst, old))
         shard, tar, num = None, None, 0
         for i, (path, label) in enumerate(samples):
             if tar is None or tar.offset >= shard_mb * 1e6:
@@ -86,7 +91,7 @@ def index_shards(root, split, classes=None, log=print):
     """Index the WebDataset shards ``root/<split>-NNNNNN.tar`` (members ``<key>.<image suffix>`` and
     ``<key>.cls``), writing ``root/<split>-index.json``. ``classes``: the class names (default: ``"0"``,
     ``"1"``... up to the largest label). Returns the index."""
-    names = sorted(n for n in os.listdir(root) if SHARD_NAME.match(n) and SHARD_NAME.match(n).group("split") == split)
+    names = shard_names(root, split)
     if not names:
         raise ShardError(f"no shards {split}-NNNNNN.tar in {root}; make them with tools/make_shards.py --src ROOT "
                          f"--dst {root}")
